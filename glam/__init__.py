@@ -1,0 +1,47 @@
+"""GLAM: global-local, spatial-channel attention for image retrieval (arXiv 2107.08000).
+
+Public API::
+
+    from glam import build_glam, GlamExtractor, ExtractConfig, decode_image, preprocess
+    model = build_glam(weights="s3://bucket/glam.safetensors")    # or None / "imagenet"
+    extractor = GlamExtractor(model, ExtractConfig(image_size=1024, precision="bf16"))
+    x = preprocess(decode_image(open("a.jpg", "rb").read()), image_size=1024)
+    descriptors = extractor([x])                                    # (1, 512), unit norm
+"""
+
+from glam.builder import IMAGENET, RANDOM, build_glam
+from glam.config import DEFAULT_SCALES, ExtractConfig, GlamConfig
+from glam.extract import GlamExtractor, same_size_batches, select_device
+from glam.model import GLAM
+from glam.preprocess import ImageDecodeError, decode_image, preprocess
+from glam.weights import (
+    Checkpoint,
+    CheckpointError,
+    WeightsUnavailableError,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_SCALES",
+    "GLAM",
+    "IMAGENET",
+    "RANDOM",
+    "Checkpoint",
+    "CheckpointError",
+    "ExtractConfig",
+    "GlamConfig",
+    "GlamExtractor",
+    "ImageDecodeError",
+    "WeightsUnavailableError",
+    "__version__",
+    "build_glam",
+    "decode_image",
+    "load_checkpoint",
+    "preprocess",
+    "same_size_batches",
+    "save_checkpoint",
+    "select_device",
+]

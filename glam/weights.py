@@ -1,0 +1,252 @@
+"""Weights I/O: GLAM checkpoints on any fsspec URI and torchvision's ImageNet backbones.
+
+Checkpoints are safetensors files (``.safetensors``) or torch files (``.pt``/``.pth``/``.ckpt``)
+loaded with ``weights_only=True``; every load is strict and names the keys that do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import safetensors
+import safetensors.torch
+import torch
+import torchvision
+from torch import nn
+
+from glam.config import GlamConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "glam"
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+_IGNORED_PREFIXES = ("module.", "_orig_mod.")
+_MAX_LISTED_KEYS = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights that are neither cached nor downloadable."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]
+    # The architecture recorded in the checkpoint; None for a bare state dict.
+    config: GlamConfig | None
+    sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 of the model's weights serialised as safetensors (provenance of in-memory weights)."""
+    return sha256_hex(safetensors.torch.save(_cpu_state_dict(model)))
+
+
+def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _read_uri(uri: str) -> bytes:
+    try:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no checkpoint at {uri}") from e
+
+
+def _write_uri_atomic(uri: str, data: bytes) -> None:
+    """Write so that no reader sees a partial file: a temporary name then rename on local
+    filesystems; one PUT (atomic by the protocol) on object stores."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if "file" in fs.protocol or fs.protocol == "local":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _parse_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = safetensors.torch.load(data)
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    return tensors, dict(header.get("__metadata__") or {})
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    header_len = int.from_bytes(data[:8], "little")
+    return 0 < header_len <= len(data) - 8 and data[8:9] == b"{"
+
+
+def load_checkpoint(uri: str) -> Checkpoint:
+    """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from any fsspec URI."""
+    data = _read_uri(uri)
+    digest = sha256_hex(data)
+    config_dict: Any = None
+    metadata: dict[str, str] = {}
+    try:
+        if _looks_like_safetensors(data):
+            state, metadata = _parse_safetensors(data)
+            if "config" in metadata:
+                config_dict = json.loads(metadata["config"])
+        else:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if isinstance(obj, Mapping) and "state_dict" in obj:
+                state = dict(obj["state_dict"])
+                config_dict = obj.get("config")
+                metadata = {str(k): str(v) for k, v in dict(obj.get("metadata") or {}).items()}
+            elif isinstance(obj, Mapping):
+                state = dict(obj)
+            else:
+                raise CheckpointError(f"{uri}: expected a state dict, found a {type(obj).__name__}")
+    except CheckpointError:
+        raise
+    except (
+        safetensors.SafetensorError,
+        RuntimeError,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        KeyError,
+        UnicodeDecodeError,
+    ) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{uri}: not a readable safetensors or torch checkpoint "
+            f"({type(e).__name__}: {first_line[:200]})"
+        ) from e
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{uri}: entries that are not tensors: {bad[:_MAX_LISTED_KEYS]}")
+    config = GlamConfig.from_dict(config_dict) if config_dict else None
+    return Checkpoint(state_dict=state, config=config, sha256=digest, metadata=metadata)
+
+
+def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | None = None) -> str:
+    """Write the model's weights and config to ``uri`` atomically; return the file's sha256.
+
+    The format follows the suffix: ``.safetensors``, else a torch file (``.pt``/``.pth``/...).
+    """
+    config = getattr(model, "config", None)
+    meta = {"format": CHECKPOINT_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    state = _cpu_state_dict(model)
+    if uri.endswith(".safetensors"):
+        if config is not None:
+            meta["config"] = json.dumps(config.to_dict())
+        data = safetensors.torch.save(state, metadata=meta)
+    elif uri.endswith(_TORCH_SUFFIXES):
+        buf = io.BytesIO()
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict() if config is not None else None,
+            "metadata": meta,
+            "state_dict": state,
+        }
+        torch.save(payload, buf)
+        data = buf.getvalue()
+    else:
+        raise ValueError(
+            f"cannot tell the checkpoint format of {uri!r}: use .safetensors or one of "
+            f"{', '.join(_TORCH_SUFFIXES)}"
+        )
+    _write_uri_atomic(uri, data)
+    return sha256_hex(data)
+
+
+def checkpoint_filter_fn(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> dict[str, torch.Tensor]:
+    """Remap foreign keys: DDP/compile prefixes, and a bare torchvision ResNet state dict
+    (``conv1.weight``, ..., ``fc.*``) onto ``backbone.*`` without the classifier."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for prefix in _IGNORED_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    expected = model.state_dict()
+    is_torchvision_resnet = "conv1.weight" in out and "layer4.0.conv1.weight" in out
+    if is_torchvision_resnet and "backbone.conv1.weight" in expected:
+        out = {f"backbone.{k}": v for k, v in out.items() if not k.startswith("fc.")}
+    return out
+
+
+def _format_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+    more = len(keys) - _MAX_LISTED_KEYS
+    return shown + (f", … (+{more} more)" if more > 0 else "")
+
+
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Load with strict key and shape checks; the error names every kind of mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_format_keys(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped keys: {_format_keys(misshaped)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def imagenet_weights(backbone: str) -> torchvision.models.WeightsEnum:
+    """The ImageNet weights the paper starts from (torchvision's original V1 release)."""
+    # NOTE: not in paper: which ImageNet release is not stated; V1 is the classic
+    # ResNet weights used by the retrieval literature (cirtorch, DELG).
+    weights_enum = torchvision.models.get_model_weights(backbone)
+    return weights_enum["IMAGENET1K_V1"]
+
+
+def load_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet state dict for ``backbone``, from torch's cache or downloaded.
+
+    Offline, raises a one-line error naming the file to place in torch's cache.
+    """
+    weights = imagenet_weights(backbone)
+    filename = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+    if os.path.exists(cached):
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as e:  # urllib/ssl/socket errors differ per platform
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {backbone} are not cached and cannot be downloaded "
+            f"({type(e).__name__}); place {filename} from {weights.url} at {cached}"
+        ) from e

@@ -1,0 +1,1 @@
+"""Distributed GLAM extraction, Parquet output, FAISS indexes and evaluation."""
