@@ -110,6 +110,8 @@ class ExtractConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     # channels_last memory format for the convolutions (faster on CPU and tensor cores).
     channels_last: bool = True
+    # Fold the backbone's batch norms into its convolutions (same function, fewer passes).
+    fold_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 32:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as Fn
 
 from glam.config import ExtractConfig
+from glam.fuse import fold_batchnorm
 from glam.model import GLAM
 
 
@@ -51,6 +52,8 @@ class GlamExtractor:
             torch.channels_last if self.config.channels_last else torch.contiguous_format
         )
         self.memory_format = memory_format
+        if self.config.fold_batchnorm:
+            model = fold_batchnorm(model)
         self.model = model.eval().to(self.device).to(memory_format=memory_format)
 
     @torch.inference_mode()
