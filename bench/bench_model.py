@@ -20,9 +20,9 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import best_seconds, count_gflop, matmul_peak_gflops  # noqa: E402
+from common import best_seconds, count_gflop, matmul_peak_gflops
 
-from glam import DEFAULT_SCALES, ExtractConfig, GlamExtractor, build_glam  # noqa: E402
+from glam import DEFAULT_SCALES, ExtractConfig, GlamExtractor, build_glam
 
 
 def main() -> int:
@@ -41,8 +41,13 @@ def main() -> int:
 
     peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     if dev.type == "cuda":
-        peak = {k: cuda_matmul_peak(d) for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"# device: {dev} {device_name(dev)}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+        peak = {
+            k: cuda_matmul_peak(d) for k, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+        }
+    print(
+        f"# device: {dev} {device_name(dev)}; torch {torch.__version__}; "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"# matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
 
     model = build_glam(seed=0)
@@ -73,7 +78,9 @@ def main() -> int:
             image_size=args.width, precision=precision, channels_last=cl, fold_batchnorm=fold
         )
         ex = GlamExtractor(model, cfg, device=str(dev))
-        xb = torch.randn(batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(1))
+        xb = torch.randn(
+            batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(1)
+        )
         descriptors[name] = ex.extract_batch(xb[:1])
         secs = best_seconds(lambda ex=ex, xb=xb: sync(ex.extract_batch(xb), dev), args.repeats)
         ips = batch / secs

@@ -20,6 +20,10 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image within the limits."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image over the pixel limit (a decompression bomb), refused before decoding."""
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode image bytes fully, refusing images over ``max_pixels`` before decoding them."""
     if not data:
@@ -30,16 +34,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
                 )
             img.load()
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
-    except Image.DecompressionBombWarning as e:
-        raise ImageDecodeError(f"decompression bomb: {e}") from e
     return img
 
 

@@ -1,0 +1,129 @@
+"""Extract GLAM descriptors from WebDataset shards into Parquet, on a Ray cluster.
+
+    ray job submit -- python jobs/extract.py --input 's3://b/shards/{000000..000999}.tar' \
+        --output s3://b/runs/r1
+
+Exit code 0 only when every shard is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs._cli import run_main, setup_logging
+
+
+def scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="extract.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--input",
+        required=True,
+        help="shard URI pattern: brace ranges and globs, e.g. "
+        "'s3://b/shards/{000000..000099}.tar' or 'data/*.tar'",
+    )
+    p.add_argument("--output", required=True, help="output folder URI (local path or s3://)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="GLAM checkpoint URI (.safetensors/.pt), 'imagenet' for the ImageNet "
+        "backbone only, or omit for seeded random weights",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=1024,
+        help="longer image side before the scales (default 1024)",
+    )
+    p.add_argument(
+        "--scales",
+        type=scales,
+        default=None,
+        help="comma-separated scales of the image size (default 0.7071,1,1.4142)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="number of actors (default: one per GPU, else CPUs/4 CPU actors)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32, or bf16 autocast (default fp32)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="images with more pixels become 'oversized' error rows",
+    )
+    p.add_argument(
+        "--shard-attempts",
+        type=int,
+        default=3,
+        help="attempts per shard on storage errors (default 3)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=1.0,
+        help="seconds before the first retry, doubling after (default 1)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def run() -> int:
+        from pipeline.cluster import connect
+        from pipeline.driver import run_extraction
+        from pipeline.spec import ExtractionJob, ExtractionSpec
+
+        spec_kw = {
+            "weights": args.weights,
+            "seed": args.seed,
+            "image_size": args.image_size,
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "shard_attempts": args.shard_attempts,
+            "retry_backoff_s": args.retry_backoff,
+        }
+        if args.scales is not None:
+            spec_kw["scales"] = args.scales
+        if args.max_pixels is not None:
+            spec_kw["max_pixels"] = args.max_pixels
+        job = ExtractionJob(args.input, args.output, ExtractionSpec(**spec_kw), args.actors)
+        connect(args.ray_address)
+        result = run_extraction(job)
+        print(result.summary())
+        for failed in result.failed:
+            print(f"failed shard: {failed['shard']}: {failed['error']}", file=sys.stderr)
+        return 0 if result.succeeded else 1
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Per-sample decoding with error capture: every sample becomes a tensor or an error row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from glam.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
+from pipeline.reader import RawSample
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm")
+
+
+@dataclass(frozen=True)
+class DecodedSample:
+    index: int  # position in the shard
+    key: str
+    image: torch.Tensor  # (3, H, W), ImageNet-normalised, max(H, W) == image_size
+    width: int  # decoded size before resizing
+    height: int
+
+
+@dataclass(frozen=True)
+class SampleError:
+    index: int
+    key: str
+    error: str  # missing_image | empty | oversized | undecodable
+    message: str
+
+
+def image_member(raw: RawSample) -> bytes | None:
+    """The sample's image bytes: the first member with an image extension."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in raw.members:
+            return raw.members[ext]
+    for ext, data in raw.members.items():  # "0.jpg", "image.png" style extensions
+        if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            return data
+    return None
+
+
+def decode_sample(
+    index: int, raw: RawSample, image_size: int, max_pixels: int
+) -> DecodedSample | SampleError:
+    data = image_member(raw)
+    if data is None:
+        members = ", ".join(sorted(raw.members)) or "none"
+        return SampleError(index, raw.key, "missing_image", f"no image member (has: {members})")
+    if not data:
+        return SampleError(index, raw.key, "empty", "image member has 0 bytes")
+    try:
+        img = decode_image(data, max_pixels=max_pixels)
+        width, height = img.size
+        x = preprocess(img, image_size)
+    except ImageDecodeError as e:
+        kind = "oversized" if isinstance(e, ImageTooLargeError) else "undecodable"
+        return SampleError(index, raw.key, kind, str(e)[:500])
+    except (OSError, ValueError, MemoryError) as e:  # conversion of exotic modes
+        return SampleError(index, raw.key, "undecodable", f"{type(e).__name__}: {e}"[:500])
+    return DecodedSample(index, raw.key, x, width, height)

@@ -1,0 +1,100 @@
+"""Object-store access through fsspec: any local path, ``file://`` or ``s3://`` URI.
+
+S3 endpoints and credentials come from the standard AWS variables (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+
+def storage_options(uri: str) -> dict[str, Any]:
+    """Options for the filesystem of ``uri``: the S3 endpoint from ``AWS_ENDPOINT_URL``."""
+    if uri.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    return {}
+
+
+def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """The filesystem holding ``uri`` and the path inside it."""
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+    return fs, path
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def unstrip(fs: AbstractFileSystem, path: str, like: str) -> str:
+    """Put the protocol of ``like`` back on a path returned by ``fs`` (e.g. from glob)."""
+    if "://" in like:
+        return f"{like.split('://', 1)[0]}://{path}"
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so that no reader ever sees a partial object at ``uri``.
+
+    Local: a temporary name in the same folder, fsync, then ``os.replace``. Object stores: a
+    temporary key under ``_tmp/`` beside the target, then a server-side move (a PUT is atomic
+    too; the temporary key also keeps half-uploaded multipart objects off the final name).
+    """
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    parent, name = path.rsplit("/", 1)
+    tmp = f"{parent}/_tmp/{name}.{uuid.uuid4().hex}"
+    fs.pipe_file(tmp, data)
+    try:
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+    fs.invalidate_cache(parent)
+
+
+def read_json(uri: str) -> Any | None:
+    """The JSON document at ``uri``, or None when there is none."""
+    fs, path = filesystem(uri)
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
+def write_json_atomic(uri: str, obj: Any) -> None:
+    write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True).encode())

@@ -1,0 +1,132 @@
+"""Generated WebDataset shards for the demo, tests and benchmarks: images of known content,
+plus every kind of bad sample the pipeline must turn into an error row."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from pipeline.storage import join, write_bytes_atomic
+
+# Samples whose bytes are bad in one way each, with the error type they must produce.
+BAD_KINDS = {
+    "corrupt": "undecodable",
+    "truncated": "undecodable",
+    "empty": "empty",
+    "bomb": "oversized",
+    "text": "undecodable",
+    "no_image": "missing_image",
+}
+# Valid images in unusual modes: they must become descriptors.
+ODD_MODES = ("L", "CMYK", "RGBA", "I;16", "P")
+
+
+def image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A smooth random colour field with a few rectangles: compressible, not constant."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = []
+    for _ in range(3):
+        fx, fy = rng.uniform(0.5, 4, 2).tolist()
+        ph = rng.uniform(0, 6.28)
+        channels.append(127 + 100 * np.sin(xx / width * fx * 6.28 + yy / height * fy * 6.28 + ph))
+    arr = np.stack(channels, -1)
+    for _ in range(3):
+        x0, y0 = rng.integers(0, width - 1), rng.integers(0, height - 1)
+        arr[y0 : y0 + height // 4, x0 : x0 + width // 4] = rng.integers(0, 255, 3)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def bomb_png() -> bytes:
+    """A tiny PNG that claims 20000 x 20000 pixels (a decompression bomb)."""
+    return encode(Image.new("1", (20000, 20000)), "PNG")
+
+
+def odd_mode(img: Image.Image, mode: str) -> tuple[str, bytes]:
+    if mode == "I;16":
+        arr = np.asarray(img.convert("L"), np.uint16) * 257
+        return "png", encode(Image.fromarray(arr), "PNG")
+    if mode == "CMYK":
+        return "jpg", encode(img.convert("CMYK"), "JPEG")
+    if mode == "P":
+        return "png", encode(img.convert("P"), "PNG")
+    return "png", encode(img.convert(mode), "PNG")
+
+
+def bad_sample(kind: str, rng: np.random.Generator) -> dict[str, bytes]:
+    good = encode(image(rng, 64, 48))
+    if kind == "corrupt":
+        return {"jpg": rng.bytes(2000)}
+    if kind == "truncated":
+        return {"jpg": good[: len(good) // 3]}
+    if kind == "empty":
+        return {"jpg": b""}
+    if kind == "bomb":
+        return {"png": bomb_png()}
+    if kind == "text":
+        return {"jpg": b"this is text, not an image"}
+    if kind == "no_image":
+        return {"txt": b"caption without an image", "cls": b"3"}
+    raise ValueError(f"unknown bad sample kind {kind!r}")
+
+
+def shard_samples(
+    shard: int,
+    n_images: int,
+    size: tuple[int, int],
+    bad: tuple[str, ...],
+    odd: tuple[str, ...],
+    seed: int,
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    rng = np.random.default_rng([seed, shard])
+    for i in range(n_images):
+        w, h = size if i % 4 else (size[1], size[0])  # some portrait images
+        yield (
+            f"s{shard:06d}_{i:05d}",
+            {"jpg": encode(image(rng, w, h), quality=90), "cls": str(i % 5).encode()},
+        )
+    for mode in odd:
+        ext, data = odd_mode(image(rng, *size), mode)
+        yield f"s{shard:06d}_mode_{mode.replace(';', '')}", {ext: data}
+    for kind in bad:
+        yield f"s{shard:06d}_bad_{kind}", bad_sample(kind, rng)
+
+
+def tar_bytes(samples: Iterator[tuple[str, dict[str, bytes]]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_shards(
+    folder: str,
+    n_shards: int,
+    images_per_shard: int,
+    size: tuple[int, int] = (1024, 768),
+    bad: tuple[str, ...] = (),
+    odd: tuple[str, ...] = (),
+    seed: int = 0,
+) -> list[str]:
+    """Write ``n_shards`` shards ``{folder}/000000.tar``, ...; return their URIs."""
+    uris = []
+    for s in range(n_shards):
+        uri = join(folder, f"{s:06d}.tar")
+        write_bytes_atomic(uri, tar_bytes(shard_samples(s, images_per_shard, size, bad, odd, seed)))
+        uris.append(uri)
+    return uris

@@ -1,0 +1,210 @@
+"""The shard worker: stream a shard -> decode -> size-bucketed batches -> GLAM -> Parquet ->
+commit marker. Plain Python (the Ray actor in ``pipeline.actors`` wraps it), so tests can call
+it directly. Reading and decoding run in a background thread, ahead of the model."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import glam
+from glam import ExtractConfig, GlamExtractor, build_glam
+from pipeline.batching import SizeBuckets
+from pipeline.decode import DecodedSample, SampleError, decode_sample
+from pipeline.layout import descriptors_uri, errors_uri, marker_uri
+from pipeline.reader import iter_shard
+from pipeline.shards import shard_id
+from pipeline.spec import ExtractionSpec, fingerprint
+from pipeline.storage import write_bytes_atomic, write_json_atomic
+from pipeline.writer import descriptor_table, error_table, file_metadata, parquet_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    source: str
+    status: str = "committed"  # committed | failed
+    samples: int = 0
+    ok: int = 0
+    errors: int = 0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    attempts: int = 0
+    error: str = ""
+    worker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ShardReadError(RuntimeError):
+    """A shard that could not be read to its end (storage, network or tar format)."""
+
+
+_END = object()
+
+
+class ShardWorker:
+    """Loads GLAM once; ``process(shard_uri, output)`` turns one shard into committed output."""
+
+    def __init__(self, spec: ExtractionSpec, device: str | None = None, name: str = "") -> None:
+        self.spec = spec
+        self.name = name
+        model = build_glam(weights=spec.weights, seed=spec.seed)
+        extract_cfg = ExtractConfig(
+            image_size=spec.image_size, scales=spec.scales, precision=spec.precision
+        )
+        self.extractor = GlamExtractor(model, extract_cfg, device=device)
+        self.fingerprint = fingerprint(spec, model.config.to_dict(), model.weights_sha256)
+        self.metadata = file_metadata(self.fingerprint, glam.__version__)
+        self.dim = model.config.dim
+        log.info("worker %s ready on %s", name, self.extractor.device)
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": str(self.extractor.device), "fingerprint": self.fingerprint}
+
+    def process(self, shard_uri: str, output: str) -> dict[str, Any]:
+        """Process one shard with retries; returns ``ShardStats`` as a dict (never raises for
+        a bad shard: a shard that stays unreadable comes back with status ``failed``)."""
+        sid = shard_id(shard_uri)
+        start = time.perf_counter()
+        last_error = ""
+        for attempt in range(1, self.spec.shard_attempts + 1):
+            stats = ShardStats(shard=sid, source=shard_uri, attempts=attempt, worker=self.name)
+            try:
+                self._process_once(shard_uri, output, stats, start)
+                return stats.to_dict()
+            except ShardReadError as e:
+                last_error = str(e)
+                log.warning(
+                    "shard %s attempt %d/%d failed: %s",
+                    sid,
+                    attempt,
+                    self.spec.shard_attempts,
+                    last_error,
+                )
+                if attempt < self.spec.shard_attempts:
+                    time.sleep(self.spec.retry_backoff_s * 2 ** (attempt - 1))
+        failed = ShardStats(
+            shard=sid,
+            source=shard_uri,
+            status="failed",
+            worker=self.name,
+            attempts=self.spec.shard_attempts,
+            error=last_error,
+            wall_s=time.perf_counter() - start,
+        )
+        return failed.to_dict()
+
+    def _decoded(self, shard_uri: str, stats: ShardStats) -> Iterator[DecodedSample | SampleError]:
+        """Read and decode in a background thread; yield results in shard order."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.spec.prefetch)
+        stop = threading.Event()
+        counter = [0]
+
+        def produce() -> None:
+            try:
+                t_read = time.perf_counter()
+                for index, raw in enumerate(iter_shard(shard_uri, counter)):
+                    t_decode = time.perf_counter()
+                    stats.read_s += t_decode - t_read
+                    item = decode_sample(index, raw, self.spec.image_size, self.spec.max_pixels)
+                    t_read = time.perf_counter()
+                    stats.decode_s += t_read - t_decode
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                stats.read_s += time.perf_counter() - t_read
+                q.put(_END)
+            except Exception as e:  # storage, network or tar errors end the attempt
+                q.put(ShardReadError(f"{type(e).__name__}: {e}"[:1000]))
+
+        thread = threading.Thread(target=produce, name=f"read-{shard_id(shard_uri)}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    break
+                if isinstance(item, ShardReadError):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+            stats.bytes = counter[0]
+
+    def _process_once(self, shard_uri: str, output: str, stats: ShardStats, start: float) -> None:
+        sid = stats.shard
+        buckets = SizeBuckets(self.spec.batch_size)
+        done: list[tuple[DecodedSample, np.ndarray]] = []
+        failed: list[SampleError] = []
+
+        def infer(batch: list[DecodedSample]) -> None:
+            t = time.perf_counter()
+            d = self.extractor.extract_batch(torch.stack([s.image for s in batch])).numpy()
+            stats.infer_s += time.perf_counter() - t
+            done.extend(zip(batch, d, strict=True))
+
+        for item in self._decoded(shard_uri, stats):
+            if isinstance(item, SampleError):
+                failed.append(item)
+                continue
+            full = buckets.add(item)
+            if full:
+                infer(full)
+        for batch in buckets.flush():
+            infer(batch)
+
+        t = time.perf_counter()
+        done.sort(key=lambda pair: pair[0].index)
+        failed.sort(key=lambda e: e.index)
+        descriptors = (
+            np.stack([d for _, d in done]) if done else np.zeros((0, self.dim), np.float32)
+        )
+        table = descriptor_table(
+            [s.key for s, _ in done],
+            shard_uri,
+            descriptors,
+            [s.width for s, _ in done],
+            [s.height for s, _ in done],
+            self.metadata,
+        )
+        errors = error_table(
+            [e.key for e in failed],
+            shard_uri,
+            [e.error for e in failed],
+            [e.message for e in failed],
+            self.metadata,
+        )
+        write_bytes_atomic(descriptors_uri(output, sid), parquet_bytes(table))
+        write_bytes_atomic(errors_uri(output, sid), parquet_bytes(errors))
+        stats.write_s = time.perf_counter() - t
+        stats.ok, stats.errors = len(done), len(failed)
+        stats.samples = stats.ok + stats.errors
+        for e in failed:
+            stats.errors_by_type[e.error] = stats.errors_by_type.get(e.error, 0) + 1
+        stats.wall_s = time.perf_counter() - start
+        # The commit marker is written last: its presence means both files are complete.
+        marker = {**stats.to_dict(), "fingerprint": self.fingerprint}
+        write_json_atomic(marker_uri(output, sid), marker)
