@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from pipeline import failpoints
 from pipeline.spec import ExtractionSpec
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def create_actors(spec: ExtractionSpec, plan: ActorPlan) -> list[Any]:
         num_cpus=plan.num_cpus,
         max_restarts=-1,  # Ray restarts a dead actor; the driver re-queues its shard
         max_task_retries=0,
+        runtime_env={"env_vars": failpoints.armed_env()} if failpoints.armed_env() else None,
     )
     threads = max(1, int(plan.num_cpus))
     return [remote_cls.remote(spec, i, threads) for i in range(plan.count)]

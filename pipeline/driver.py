@@ -4,6 +4,7 @@ re-queue shards of dead actors, record the job in ``_job.json``."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from collections import Counter, defaultdict, deque
@@ -15,6 +16,7 @@ import ray
 
 import glam
 from glam import build_glam
+from pipeline import failpoints
 from pipeline.actors import create_actors, plan_actors
 from pipeline.layout import job_uri, marker_uri
 from pipeline.progress import Progress
@@ -123,7 +125,7 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     }
     if todo:
         write_json_atomic(job_uri(job.output), record)
-        _run_shards(job, todo, result)
+        record["workers"] = _run_shards(job, todo, result)
     result.wall_s = time.monotonic() - t0
     if todo or read_json(job_uri(job.output)) is None:
         previous_totals = _committed_totals(job.output, ids)
@@ -153,7 +155,8 @@ def _committed_totals(output: str, ids: list[str]) -> dict[str, Any]:
     return dict(totals)
 
 
-def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> None:
+def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> list[dict[str, Any]]:
+    """Process ``todo`` on fresh actors; returns what each actor reported about itself."""
     plan = plan_actors(ray.cluster_resources(), job.actors)
     log.info(
         "starting %d %s actors (%s CPUs each)",
@@ -162,6 +165,15 @@ def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> None:
         plan.num_cpus,
     )
     actors = create_actors(job.spec, plan)
+    workers = ray.get([a.info.remote() for a in actors])
+    for w in workers:
+        log.info(
+            "actor pid %s on %s: device %s, CUDA_VISIBLE_DEVICES=%s",
+            w["pid"],
+            w["host"],
+            w["device"],
+            w["cuda_visible_devices"],
+        )
     pending = deque(todo)
     restarts: Counter[str] = Counter()
     idle = list(range(len(actors)))
@@ -191,10 +203,13 @@ def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> None:
                     stats = _failed(shard, str(e).strip().splitlines()[-1][:500])
                 _record(stats, result)
                 progress.update(stats)
+                if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
+                    os._exit(1)  # a hard driver crash between two shards
     finally:
         progress.close()
         for actor in actors:
             ray.kill(actor, no_restart=True)
+    return [{k: w[k] for k in ("pid", "host", "device", "cuda_visible_devices")} for w in workers]
 
 
 def _failed(shard: str, error: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -58,9 +59,14 @@ class ExtractionJob:
             raise ValueError(f"actors must be positive, got {self.actors}")
 
 
-def fingerprint(spec: ExtractionSpec, glam_config: dict[str, Any], weights_sha256: str) -> dict:
-    """Everything that changes a descriptor or which samples error; must match to resume."""
-    return {
+def fingerprint(
+    spec: ExtractionSpec, glam_config: dict[str, Any], weights_sha256: str
+) -> dict[str, Any]:
+    """Everything that changes a descriptor or which samples error; must match to resume.
+
+    JSON-normalised (tuples become lists) so that it compares equal to a stored copy.
+    """
+    fp = {
         "model": "GLAM",
         "glam_config": glam_config,
         "weights_sha256": weights_sha256,
@@ -69,6 +75,8 @@ def fingerprint(spec: ExtractionSpec, glam_config: dict[str, Any], weights_sha25
         "precision": spec.precision,
         "max_pixels": spec.max_pixels,
     }
+    normalised: dict[str, Any] = json.loads(json.dumps(fp))
+    return normalised
 
 
 def spec_dict(spec: ExtractionSpec) -> dict[str, Any]:

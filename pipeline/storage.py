@@ -80,10 +80,9 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     tmp = f"{parent}/_tmp/{name}.{uuid.uuid4().hex}"
     fs.pipe_file(tmp, data)
     try:
-        fs.mv(tmp, path)
+        fs.copy(tmp, path)
     finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
+        fs.rm_file(tmp)
     fs.invalidate_cache(parent)
 
 

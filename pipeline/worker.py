@@ -5,10 +5,11 @@ it directly. Reading and decoding run in a background thread, ahead of the model
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 import glam
 from glam import ExtractConfig, GlamExtractor, build_glam
+from pipeline import failpoints
 from pipeline.batching import SizeBuckets
 from pipeline.decode import DecodedSample, SampleError, decode_sample
 from pipeline.layout import descriptors_uri, errors_uri, marker_uri
@@ -62,9 +64,17 @@ _END = object()
 class ShardWorker:
     """Loads GLAM once; ``process(shard_uri, output)`` turns one shard into committed output."""
 
-    def __init__(self, spec: ExtractionSpec, device: str | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        spec: ExtractionSpec,
+        device: str | None = None,
+        name: str = "",
+        on_retry: Callable[[str, int, str], None] | None = None,
+    ) -> None:
         self.spec = spec
         self.name = name
+        # Called as on_retry(shard_uri, failed_attempt, error) before each retry's backoff.
+        self.on_retry = on_retry
         model = build_glam(weights=spec.weights, seed=spec.seed)
         extract_cfg = ExtractConfig(
             image_size=spec.image_size, scales=spec.scales, precision=spec.precision
@@ -99,6 +109,8 @@ class ShardWorker:
                     last_error,
                 )
                 if attempt < self.spec.shard_attempts:
+                    if self.on_retry is not None:
+                        self.on_retry(shard_uri, attempt, last_error)
                     time.sleep(self.spec.retry_backoff_s * 2 ** (attempt - 1))
         failed = ShardStats(
             shard=sid,
@@ -165,6 +177,8 @@ class ShardWorker:
             d = self.extractor.extract_batch(torch.stack([s.image for s in batch])).numpy()
             stats.infer_s += time.perf_counter() - t
             done.extend(zip(batch, d, strict=True))
+            if failpoints.trigger("actor_crash_in_shard", sid):
+                os._exit(1)  # a hard crash mid-shard, after some work, before any output
 
         for item in self._decoded(shard_uri, stats):
             if isinstance(item, SampleError):

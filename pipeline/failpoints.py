@@ -1,0 +1,34 @@
+"""Fault injection for the crash-recovery tests, off unless ``GLAM_FAILPOINTS`` is set.
+
+``GLAM_FAILPOINTS="actor_crash_in_shard=000001;driver_exit_after_shards=1"`` arms failpoints;
+each fires once per (name, value), remembered by a flag file in ``GLAM_FAILPOINT_DIR``, so a
+re-run or a restarted actor proceeds normally.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_SPEC = "GLAM_FAILPOINTS"
+ENV_DIR = "GLAM_FAILPOINT_DIR"
+
+
+def armed_env() -> dict[str, str]:
+    """The failpoint variables of this process, to pass on to actors."""
+    return {k: os.environ[k] for k in (ENV_SPEC, ENV_DIR) if k in os.environ}
+
+
+def trigger(name: str, value: str) -> bool:
+    """True the first time failpoint ``name`` is reached with ``value`` while armed."""
+    spec = os.environ.get(ENV_SPEC)
+    if not spec:
+        return False
+    armed = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
+    if armed.get(name) != value:
+        return False
+    flag = os.path.join(os.environ.get(ENV_DIR, "."), f"{name}-{value}.fired")
+    try:
+        os.close(os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

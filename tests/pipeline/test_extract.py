@@ -1,0 +1,160 @@
+"""End to end through jobs/extract.py on a real local Ray cluster and the moto S3 server:
+exactly-once output, idempotent re-runs, refused config changes, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+
+from jobs.extract import main as extract_main
+from pipeline.layout import job_uri, marker_uri
+from pipeline.storage import filesystem, read_json
+
+from .conftest import IMAGE_SIZE, REPO, expected_keys, shard_pattern
+
+ARGS = ["--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--retry-backoff", "0"]
+
+
+def output_listing(output: str) -> dict[str, object]:
+    """Every object under ``output`` with its ETag/mtime: equal listings = nothing written."""
+    fs, path = filesystem(output)
+    fs.invalidate_cache()
+    return {
+        p: info.get("ETag") or info.get("LastModified") or info.get("mtime")
+        for p, info in fs.find(path, detail=True).items()
+    }
+
+
+def assert_exactly_once(output: str, n_shards: int) -> None:
+    fs, path = filesystem(output)
+    fs.invalidate_cache()
+    desc = ds.dataset(f"{path}/descriptors", filesystem=fs, format="parquet").to_table()
+    errs = ds.dataset(f"{path}/errors", filesystem=fs, format="parquet").to_table()
+    ok = set().union(*(expected_keys(s)[0] for s in range(n_shards)))
+    bad = {}
+    for s in range(n_shards):
+        bad.update(expected_keys(s)[1])
+    keys = desc["key"].to_pylist()
+    assert len(keys) == len(set(keys)), "duplicate descriptors"
+    assert set(keys) == ok
+    assert dict(zip(errs["key"].to_pylist(), errs["error"].to_pylist(), strict=True)) == bad
+    assert errs.num_rows == len(bad)
+
+
+def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, capsys) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/r1"
+    assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+    assert_exactly_once(output, 3)
+    job = read_json(job_uri(output))
+    assert job["status"] == "succeeded" and job["totals"]["committed_shards"] == 3
+    assert job["totals"]["ok"] == sum(len(expected_keys(s)[0]) for s in range(3))
+    assert (
+        job["versions"]["torch"] and job["weights_sha256"] == job["fingerprint"]["weights_sha256"]
+    )
+    assert [w["device"] for w in job["workers"]] == ["cpu"]
+
+    # Idempotent: a re-run skips every shard and writes nothing.
+    before = output_listing(output)
+    capsys.readouterr()
+    assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert output_listing(output) == before
+
+    # A different configuration is refused with one line, and nothing is written.
+    args = ["--input", shard_pattern(shards), "--output", output, "--image-size", "80"]
+    assert extract_main(args) == 1
+    err = capsys.readouterr().err
+    assert "different model or configuration" in err and "image_size" in err
+    assert "Traceback" not in err
+    assert output_listing(output) == before
+
+
+def test_actor_killed_mid_shard_is_restarted_and_the_shard_requeued(
+    ray_local, shards, tmp_path, monkeypatch
+) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/crash"
+    monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_in_shard=000001")
+    monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
+    assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+    assert (tmp_path / "actor_crash_in_shard-000001.fired").exists()  # it did crash
+    assert_exactly_once(output, 3)
+
+
+def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp_path) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/driver"
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "extract.py"),
+        "--input",
+        shard_pattern(shards),
+        "--output",
+        output,
+        "--ray-address",
+        ray_local,
+        "--actors",
+        "1",
+        *ARGS,
+    ]
+    env = {
+        **os.environ,
+        "GLAM_FAILPOINTS": "driver_exit_after_shards=1",
+        "GLAM_FAILPOINT_DIR": str(tmp_path),
+    }
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert crashed.returncode != 0, crashed.stderr[-2000:]
+    committed = [s for s in ("000000", "000001", "000002") if read_json(marker_uri(output, s))]
+    assert len(committed) == 1  # it died after the first shard
+    assert read_json(job_uri(output))["status"] == "running"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "2 done, 1 skipped" in rerun.stdout
+    assert_exactly_once(output, 3)
+    assert read_json(job_uri(output))["status"] == "succeeded"
+
+
+def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, capsys) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/partial"
+    folder = shards[0].rsplit("/", 1)[0]
+    pattern = f"{folder}/{{000000..000003}}.tar"  # 000003 does not exist
+    args = ["--input", pattern, "--output", output, "--shard-attempts", "2", *ARGS]
+    assert extract_main(args) == 1
+    assert "failed shard: " in capsys.readouterr().err
+    job = read_json(job_uri(output))
+    assert job["status"] == "failed"
+    assert [f["shard"] for f in job["failed_shards"]] == [f"{folder}/000003.tar"]
+    assert_exactly_once(output, 3)
+
+
+def test_duckdb_queries_from_the_readme(ray_local, shards, tmp_path) -> None:
+    output = str(tmp_path / "run")
+    folder = shards[0].rsplit("/", 1)[0]
+    assert extract_main(["--input", f"{folder}/*.tar", "--output", output, *ARGS]) == 0
+    con = duckdb.connect()
+    (n,) = con.execute(f"SELECT count(*) FROM '{output}/descriptors/*.parquet'").fetchone()
+    assert n == sum(len(expected_keys(s)[0]) for s in range(3))
+    # Cosine similarity of every image to one query image (descriptors are unit-norm).
+    top = con.execute(f"""
+        WITH d AS (SELECT key, descriptor::FLOAT[512] AS v FROM '{output}/descriptors/*.parquet'),
+             q AS (SELECT v FROM d WHERE key = 's000000_00001')
+        SELECT d.key, array_cosine_similarity(d.v, q.v) AS cos FROM d, q ORDER BY cos DESC LIMIT 3
+    """).fetchall()
+    assert top[0][0] == "s000000_00001" and top[0][1] == pytest.approx(1.0, abs=1e-5)
+    errors = dict(
+        con.execute(
+            f"SELECT error, count(*) FROM '{output}/errors/*.parquet' GROUP BY error"
+        ).fetchall()
+    )
+    assert errors == {"undecodable": 9, "empty": 3, "oversized": 3, "missing_image": 3}
+    meta = json.loads(
+        con.execute(
+            f"SELECT value FROM parquet_kv_metadata('{output}/descriptors/part-000000.parquet') "
+            "WHERE key = 'fingerprint'"
+        ).fetchone()[0]
+    )
+    assert meta["image_size"] == IMAGE_SIZE
