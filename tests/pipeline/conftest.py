@@ -66,7 +66,7 @@ def _dashboard_up(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
+def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
     """`ray start --head --num-gpus 2` on a CPU box (fake GPUs), with the dashboard."""
     port, dash = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")

@@ -1,0 +1,58 @@
+"""`ray job submit` against a `ray start --head` cluster with two fake GPUs: the job
+SUCCEEDS, the output is complete, and the GPU actors get distinct CUDA_VISIBLE_DEVICES and fall
+back to the CPU since torch sees no CUDA device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from pipeline.layout import job_uri
+from pipeline.storage import read_json
+
+from .conftest import IMAGE_SIZE, REPO, VENV_BIN, shard_pattern
+from .test_extract import assert_exactly_once
+
+
+def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/submitted"
+    submission = f"extract-{uuid.uuid4().hex[:8]}"
+    ray = str(VENV_BIN / "ray")
+    submit = subprocess.run(
+        [
+            ray,
+            "job",
+            "submit",
+            "--address",
+            ray_head.dashboard_url,
+            "--submission-id",
+            submission,
+            "--",
+            sys.executable,
+            str(REPO / "jobs" / "extract.py"),
+            "--input",
+            shard_pattern(shards),
+            "--output",
+            output,
+            "--image-size",
+            str(IMAGE_SIZE),
+            "--batch-size",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    client = JobSubmissionClient(ray_head.dashboard_url)
+    assert client.get_job_status(submission) == JobStatus.SUCCEEDED
+    assert "3 done, 0 skipped, 0 failed" in client.get_job_logs(submission)
+    assert_exactly_once(output, 3)
+    job = read_json(job_uri(output))
+    assert job["status"] == "succeeded"
+    workers = job["workers"]
+    assert sorted(w["cuda_visible_devices"] for w in workers) == ["0", "1"]
+    assert {w["device"] for w in workers} == {"cpu"}
