@@ -20,7 +20,7 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m jobs.demo
+	VENV=$(VENV) infra/local/demo.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

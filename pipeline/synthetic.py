@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from pipeline.storage import join, write_bytes_atomic
+from pipeline.storage import filesystem, is_local, join, write_bytes_atomic
 
 # Samples whose bytes are bad in one way each, with the error type they must produce.
 BAD_KINDS = {
@@ -124,6 +124,11 @@ def write_shards(
     seed: int = 0,
 ) -> list[str]:
     """Write ``n_shards`` shards ``{folder}/000000.tar``, ...; return their URIs."""
+    fs, path = filesystem(folder)
+    if not is_local(fs):
+        bucket = path.split("/", 1)[0]
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)  # creates the bucket
     uris = []
     for s in range(n_shards):
         uri = join(folder, f"{s:06d}.tar")

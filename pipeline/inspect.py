@@ -1,0 +1,40 @@
+"""A quick look at an extraction output through DuckDB: counts, errors, one descriptor's norm.
+
+Reads the Parquet with pyarrow over fsspec (so s3:// works without DuckDB's httpfs extension)
+and queries the Arrow tables in DuckDB.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+import pyarrow.dataset as pads
+
+from pipeline.storage import filesystem, join
+
+
+def summarize(output: str) -> dict[str, Any]:
+    fs, path = filesystem(output)
+    descriptors = pads.dataset(join(path, "descriptors"), filesystem=fs, format="parquet")
+    errors = pads.dataset(join(path, "errors"), filesystem=fs, format="parquet")
+    con = duckdb.connect()
+    con.register("descriptors", descriptors.to_table())
+    con.register("errors", errors.to_table())
+    count, shards = con.execute(
+        "SELECT count(*), count(DISTINCT source) FROM descriptors"
+    ).fetchone()
+    key, norm = con.execute(
+        "SELECT key, sqrt(list_dot_product(descriptor::FLOAT[512], descriptor::FLOAT[512])) "
+        "FROM descriptors ORDER BY key LIMIT 1"
+    ).fetchone()
+    by_type = dict(
+        con.execute("SELECT error, count(*) FROM errors GROUP BY 1 ORDER BY 1").fetchall()
+    )
+    return {
+        "descriptors": count,
+        "shards": shards,
+        "first_key": key,
+        "first_norm": norm,
+        "errors": by_type,
+    }
