@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 
 import ray
 
@@ -19,9 +21,27 @@ def connect(address: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        log.info("joined the running Ray cluster")
-    except ConnectionError:
-        ray.init(log_to_driver=True)
+    running = running_local_cluster()
+    if running:
+        ray.init(address=running, log_to_driver=True)
+        log.info("joined the running Ray cluster at %s", running)
+    else:
+        ray.init(address="local", log_to_driver=True)
         log.info("started a local Ray cluster: %s", ray.cluster_resources())
+
+
+def running_local_cluster() -> str | None:
+    """The GCS address of the cluster `ray start` last started here, if it still answers.
+
+    `ray.init(address="auto")` trusts that record even when the cluster is gone and then
+    waits a minute for it; a one-second TCP probe tells first.
+    """
+    record = os.path.join(tempfile.gettempdir(), "ray", "ray_current_cluster")
+    try:
+        with open(record) as f:
+            address = f.read().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return address
+    except (OSError, ValueError):
+        return None

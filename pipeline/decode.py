@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from glam.preprocess import ImageDecodeError, ImageTooLargeError, decode_image, preprocess
+from glam.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    resize_longer_side,
+    to_rgb,
+    to_tensor,
+)
 from pipeline.reader import RawSample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm")
@@ -17,7 +24,7 @@ class DecodedSample:
     index: int  # position in the shard
     key: str
     image: torch.Tensor  # (3, H, W), ImageNet-normalised, max(H, W) == image_size
-    width: int  # decoded size before resizing
+    width: int  # decoded size (EXIF orientation applied) before resizing
     height: int
 
 
@@ -50,9 +57,9 @@ def decode_sample(
     if not data:
         return SampleError(index, raw.key, "empty", "image member has 0 bytes")
     try:
-        img = decode_image(data, max_pixels=max_pixels)
-        width, height = img.size
-        x = preprocess(img, image_size)
+        rgb = to_rgb(decode_image(data, max_pixels=max_pixels))  # EXIF orientation applied
+        width, height = rgb.size
+        x = to_tensor(resize_longer_side(rgb, image_size))  # == glam.preprocess(img, size)
     except ImageDecodeError as e:
         kind = "oversized" if isinstance(e, ImageTooLargeError) else "undecodable"
         return SampleError(index, raw.key, kind, str(e)[:500])

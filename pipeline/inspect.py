@@ -21,13 +21,12 @@ def summarize(output: str) -> dict[str, Any]:
     con = duckdb.connect()
     con.register("descriptors", descriptors.to_table())
     con.register("errors", errors.to_table())
-    count, shards = con.execute(
-        "SELECT count(*), count(DISTINCT source) FROM descriptors"
-    ).fetchone()
-    key, norm = con.execute(
+    count, shards = _one(con, "SELECT count(*), count(DISTINCT source) FROM descriptors")
+    key, norm = _one(
+        con,
         "SELECT key, sqrt(list_dot_product(descriptor::FLOAT[512], descriptor::FLOAT[512])) "
-        "FROM descriptors ORDER BY key LIMIT 1"
-    ).fetchone()
+        "FROM descriptors ORDER BY key LIMIT 1",
+    )
     by_type = dict(
         con.execute("SELECT error, count(*) FROM errors GROUP BY 1 ORDER BY 1").fetchall()
     )
@@ -38,3 +37,10 @@ def summarize(output: str) -> dict[str, Any]:
         "first_norm": norm,
         "errors": by_type,
     }
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    row = con.execute(sql).fetchone()
+    if row is None:
+        raise ValueError("the output holds no descriptors")
+    return tuple(row)

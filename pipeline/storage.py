@@ -64,8 +64,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     """
     fs, path = filesystem(uri)
     if is_local(fs):
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        # Hidden name: Parquet readers (pyarrow, DuckDB globs) skip it while it is written.
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -88,10 +88,12 @@ def shard_samples(
     bad: tuple[str, ...],
     odd: tuple[str, ...],
     seed: int,
+    portrait_every: int = 4,
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     rng = np.random.default_rng([seed, shard])
     for i in range(n_images):
-        w, h = size if i % 4 else (size[1], size[0])  # some portrait images
+        portrait = portrait_every > 0 and i % portrait_every == 0
+        w, h = (size[1], size[0]) if portrait else size
         yield (
             f"s{shard:06d}_{i:05d}",
             {"jpg": encode(image(rng, w, h), quality=90), "cls": str(i % 5).encode()},
@@ -122,6 +124,7 @@ def write_shards(
     bad: tuple[str, ...] = (),
     odd: tuple[str, ...] = (),
     seed: int = 0,
+    portrait_every: int = 4,
 ) -> list[str]:
     """Write ``n_shards`` shards ``{folder}/000000.tar``, ...; return their URIs."""
     fs, path = filesystem(folder)
@@ -132,6 +135,8 @@ def write_shards(
     uris = []
     for s in range(n_shards):
         uri = join(folder, f"{s:06d}.tar")
-        write_bytes_atomic(uri, tar_bytes(shard_samples(s, images_per_shard, size, bad, odd, seed)))
+        write_bytes_atomic(
+            uri, tar_bytes(shard_samples(s, images_per_shard, size, bad, odd, seed, portrait_every))
+        )
         uris.append(uri)
     return uris

@@ -29,7 +29,7 @@ def ray_local(s3_endpoint: str) -> Iterator[str]:
     workers inherit the AWS variables); yields its GCS address."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

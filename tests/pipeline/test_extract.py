@@ -3,14 +3,11 @@ exactly-once output, idempotent re-runs, refused config changes, crash recovery.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
-import duckdb
 import pyarrow.dataset as ds
-import pytest
 
 from jobs.extract import main as extract_main
 from pipeline.layout import job_uri, marker_uri
@@ -129,32 +126,3 @@ def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, cap
     assert job["status"] == "failed"
     assert [f["shard"] for f in job["failed_shards"]] == [f"{folder}/000003.tar"]
     assert_exactly_once(output, 3)
-
-
-def test_duckdb_queries_from_the_readme(ray_local, shards, tmp_path) -> None:
-    output = str(tmp_path / "run")
-    folder = shards[0].rsplit("/", 1)[0]
-    assert extract_main(["--input", f"{folder}/*.tar", "--output", output, *ARGS]) == 0
-    con = duckdb.connect()
-    (n,) = con.execute(f"SELECT count(*) FROM '{output}/descriptors/*.parquet'").fetchone()
-    assert n == sum(len(expected_keys(s)[0]) for s in range(3))
-    # Cosine similarity of every image to one query image (descriptors are unit-norm).
-    top = con.execute(f"""
-        WITH d AS (SELECT key, descriptor::FLOAT[512] AS v FROM '{output}/descriptors/*.parquet'),
-             q AS (SELECT v FROM d WHERE key = 's000000_00001')
-        SELECT d.key, array_cosine_similarity(d.v, q.v) AS cos FROM d, q ORDER BY cos DESC LIMIT 3
-    """).fetchall()
-    assert top[0][0] == "s000000_00001" and top[0][1] == pytest.approx(1.0, abs=1e-5)
-    errors = dict(
-        con.execute(
-            f"SELECT error, count(*) FROM '{output}/errors/*.parquet' GROUP BY error"
-        ).fetchall()
-    )
-    assert errors == {"undecodable": 9, "empty": 3, "oversized": 3, "missing_image": 3}
-    meta = json.loads(
-        con.execute(
-            f"SELECT value FROM parquet_kv_metadata('{output}/descriptors/part-000000.parquet') "
-            "WHERE key = 'fingerprint'"
-        ).fetchone()[0]
-    )
-    assert meta["image_size"] == IMAGE_SIZE
