@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 
 import ray
 
@@ -45,3 +46,31 @@ def running_local_cluster() -> str | None:
             return address
     except (OSError, ValueError):
         return None
+
+
+def wait_for_job_submission(dashboard_url: str, timeout_s: float = 120.0) -> None:
+    """Block until the cluster accepts `ray job submit`: the dashboard answers before the head's
+    job agent has registered ("No available agent to submit job"), so submit a no-op job until
+    one is accepted and finishes."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.monotonic() + timeout_s
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            client = JobSubmissionClient(dashboard_url)
+            job_id = client.submit_job(entrypoint="true")
+            while client.get_job_status(job_id) not in (
+                JobStatus.SUCCEEDED,
+                JobStatus.FAILED,
+                JobStatus.STOPPED,
+            ):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            else:
+                return
+        except (RuntimeError, ConnectionError) as e:
+            last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"{dashboard_url} accepted no job in {timeout_s:.0f}s: {last_error}")

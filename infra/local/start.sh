@@ -36,7 +36,12 @@ for _ in $(seq 1 300); do
     s3=0; dash=0
     up "http://127.0.0.1:$S3_PORT/" && s3=1
     up "http://127.0.0.1:$DASHBOARD_PORT/api/version" && dash=1
-    [ $s3 = 1 ] && [ $dash = 1 ] && { echo "local stack up: S3 $AWS_ENDPOINT_URL, Ray dashboard http://127.0.0.1:$DASHBOARD_PORT"; exit 0; }
+    if [ $s3 = 1 ] && [ $dash = 1 ]; then
+        "$VENV/bin/python" -c 'import sys; from pipeline.cluster import wait_for_job_submission as w; w(sys.argv[1])' \
+            "http://127.0.0.1:$DASHBOARD_PORT"
+        echo "local stack up: S3 $AWS_ENDPOINT_URL, Ray dashboard http://127.0.0.1:$DASHBOARD_PORT"
+        exit 0
+    fi
     kill -0 "$(cat "$STATE_DIR/moto.pid")" 2>/dev/null || { echo "moto server died: $STATE_DIR/moto.log" >&2; exit 1; }
     kill -0 "$(cat "$STATE_DIR/ray.pid")" 2>/dev/null || { echo "ray head died: $STATE_DIR/ray.log" >&2; exit 1; }
     sleep 0.5

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cluster import wait_for_job_submission
 from pipeline.synthetic import BAD_KINDS, ODD_MODES, write_shards
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +94,7 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
         wait_until(lambda: _dashboard_up(url) or proc.poll() is not None, 120, "the Ray head")
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}")
+        wait_for_job_submission(url)
         yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url)
     finally:
         os.killpg(proc.pid, 15)
