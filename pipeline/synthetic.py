@@ -4,13 +4,13 @@ plus every kind of bad sample the pipeline must turn into an error row."""
 from __future__ import annotations
 
 import io
-import tarfile
 from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image
 
+from pipeline.shard_writer import tar_bytes
 from pipeline.storage import filesystem, is_local, join, write_bytes_atomic
 
 # Samples whose bytes are bad in one way each, with the error type they must produce.
@@ -103,17 +103,6 @@ def shard_samples(
         yield f"s{shard:06d}_mode_{mode.replace(';', '')}", {ext: data}
     for kind in bad:
         yield f"s{shard:06d}_bad_{kind}", bad_sample(kind, rng)
-
-
-def tar_bytes(samples: Iterator[tuple[str, dict[str, bytes]]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 1_700_000_000, 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def write_shards(

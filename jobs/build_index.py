@@ -1,0 +1,87 @@
+"""Build a sharded FAISS index (inner product) from descriptor Parquet, as a new version
+behind OUTPUT/LATEST; exits 0 without building when nothing changed since LATEST.
+
+    python jobs/build_index.py --descriptors s3://b/runs/r1 --output s3://b/indexes/r1 \
+        --shards 4 --factory IVF4096,Flat
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs._cli import run_main, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build_index.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--descriptors",
+        required=True,
+        help="extraction output (committed shards only) or a folder of descriptor Parquet",
+    )
+    p.add_argument("--output", required=True, help="index folder URI (versions + LATEST)")
+    p.add_argument("--shards", type=int, default=1, help="index shards, built in parallel (1)")
+    p.add_argument(
+        "--factory",
+        default="Flat",
+        help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, ... (Flat)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=100_000,
+        help="training vectors sampled uniformly across all inputs (100000)",
+    )
+    p.add_argument("--retention", type=int, default=3, help="versions kept (3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training sample (0)")
+    p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument(
+        "--gpu",
+        dest="use_gpu",
+        action="store_true",
+        default=None,
+        help="FAISS on the GPU (default: when available)",
+    )
+    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def run() -> int:
+        from pipeline.cluster import connect
+        from pipeline.index_build import IndexBuildConfig, build_index
+
+        cfg = IndexBuildConfig(
+            factory=args.factory,
+            shards=args.shards,
+            train_size=args.train_size,
+            seed=args.seed,
+            retention=args.retention,
+            use_gpu=args.use_gpu,
+        )
+        connect(args.ray_address)
+        result = build_index(args.descriptors, args.output, cfg, force=args.force)
+        if result.up_to_date:
+            print(f"up to date: {args.output} version {result.version} ({result.vectors} vectors)")
+        else:
+            print(
+                f"built {args.output} version {result.version}: {result.vectors} vectors in "
+                f"{len(result.shard_counts)} shards, {result.seconds:.1f}s"
+            )
+        return 0
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

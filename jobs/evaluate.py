@@ -1,0 +1,58 @@
+"""Revisited Oxford/Paris evaluation (revisitop protocol): mAP and mP@1/5/10 for Easy, Medium
+and Hard, optionally with the R1M distractor index; writes report.json and a Markdown table.
+
+    python jobs/evaluate.py --gnd data/roxford5k/gnd_roxford5k.pkl --queries runs/roxf-q \
+        --database runs/roxf-db --distractors indexes/r1m --report report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jobs._cli import run_main, setup_logging
+
+NAMES = {"roxford5k": "ROxf", "rparis6k": "RPar"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gnd", required=True, help="revisitop ground truth (gnd_roxford5k.pkl, ...)")
+    p.add_argument("--queries", required=True, help="descriptors of the query crops (qimlist)")
+    p.add_argument("--database", required=True, help="descriptors of the database (imlist)")
+    p.add_argument("--distractors", default=None, help="R1M index folder (jobs/build_index.py)")
+    p.add_argument("--report", required=True, help="report.json path")
+    p.add_argument("--markdown", default=None, help="report.md path (default: beside report)")
+    p.add_argument("--name", default=None, help="dataset name in the table (from --gnd)")
+    p.add_argument(
+        "--approx-k",
+        type=int,
+        default=1000,
+        help="top-k read from an approximate distractor index (1000)",
+    )
+    args = p.parse_args(argv)
+    setup_logging()
+
+    def run() -> int:
+        from pipeline.evaluate import evaluate, markdown
+        from pipeline.storage import write_bytes_atomic
+
+        report = evaluate(args.gnd, args.queries, args.database, args.distractors, args.approx_k)
+        stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
+        name = args.name or NAMES.get(stem, stem)
+        table = markdown(report, name)
+        write_bytes_atomic(args.report, json.dumps(report, indent=2).encode())
+        md = args.markdown or os.path.splitext(args.report)[0] + ".md"
+        write_bytes_atomic(md, table.encode())
+        print(table)
+        return 0
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Loading an index version and searching it: top-k (ids, keys, scores) merged across shards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.index_build import MANIFEST, read_latest
+from pipeline.storage import filesystem, join, read_bytes
+
+
+@dataclass
+class SearchResult:
+    ids: np.ndarray  # (nq, k) int64, -1 where fewer than k vectors exist
+    scores: np.ndarray  # (nq, k) float32, inner products, best first
+    keys: list[list[str]]
+
+
+@dataclass
+class ShardedIndex:
+    version: str
+    manifest: dict[str, Any]
+    shards: list[faiss.Index]
+    ids: list[np.ndarray]  # per shard: position -> global id
+    keys: list[list[str]]
+    sources: list[list[str]]
+
+    @classmethod
+    def load(cls, output: str, version: str | None = None) -> ShardedIndex:
+        if version is None:
+            latest = read_latest(output)
+            if latest is None:
+                raise ValueError(f"no index at {output} (no LATEST)")
+            version, manifest = latest
+        else:
+            manifest = json.loads(read_bytes(join(output, version, MANIFEST)))
+        shards, ids, keys, sources = [], [], [], []
+        for s in range(manifest["shards"]):
+            data = read_bytes(join(output, version, f"shard-{s:05d}.faiss"))
+            shards.append(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)))
+            fs, path = filesystem(join(output, version, f"ids-{s:05d}.parquet"))
+            with fs.open(path, "rb") as f:
+                table = pq.read_table(f)
+            ids.append(table["id"].to_numpy())
+            keys.append(table["key"].to_pylist())
+            sources.append(table["source"].to_pylist())
+        return cls(version, manifest, shards, ids, keys, sources)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(int(s.ntotal) for s in self.shards)
+
+    @property
+    def exact(self) -> bool:
+        """True when every shard is a flat (exhaustive) index: scores and ranks are exact."""
+        return all(isinstance(faiss.downcast_index(s), faiss.IndexFlat) for s in self.shards)
+
+    def shard_vectors(self, s: int) -> np.ndarray:
+        """The stored vectors of a flat shard (n, d)."""
+        index = faiss.downcast_index(self.shards[s])
+        if not isinstance(index, faiss.IndexFlat):
+            raise ValueError("only flat shards store their vectors exactly")
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(
+            index.ntotal, index.d
+        )
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nq = len(queries)
+        all_scores, all_ids, all_where = [], [], []
+        for s, index in enumerate(self.shards):
+            kk = min(k, int(index.ntotal))
+            if kk == 0:
+                continue
+            d, i = index.search(queries, kk)
+            valid = i >= 0
+            all_scores.append(np.where(valid, d, -np.inf))
+            all_ids.append(np.where(valid, self.ids[s][np.maximum(i, 0)], -1))
+            all_where.append(np.stack([np.full_like(i, s), i], -1))
+        if not all_scores:
+            return SearchResult(
+                np.full((nq, k), -1), np.full((nq, k), -np.inf, np.float32), [[] for _ in range(nq)]
+            )
+        scores = np.concatenate(all_scores, 1)
+        ids = np.concatenate(all_ids, 1)
+        where = np.concatenate(all_where, 1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_scores = np.take_along_axis(scores, order, 1)
+        top_ids = np.take_along_axis(ids, order, 1)
+        top_where = np.take_along_axis(where, order[..., None], 1)
+        keys = [
+            [
+                self.keys[s][i]
+                for (s, i), sc in zip(top_where[q], top_scores[q], strict=True)
+                if np.isfinite(sc)
+            ]
+            for q in range(nq)
+        ]
+        pad = k - top_ids.shape[1]
+        if pad > 0:
+            top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
+            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return SearchResult(top_ids, top_scores.astype(np.float32), keys)
