@@ -263,6 +263,7 @@ def build_index(
 
 def list_versions(output: str) -> list[str]:
     fs, path = filesystem(output)
+    fs.invalidate_cache(path)  # another process may have built or pruned since
     try:
         entries = fs.ls(path, detail=True)
     except FileNotFoundError:
@@ -275,7 +276,6 @@ def list_versions(output: str) -> list[str]:
 def prune_versions(output: str, retention: int, keep: str) -> None:
     """Delete the oldest versions beyond ``retention`` (and abandoned incomplete ones)."""
     fs, path = filesystem(output)
-    fs.invalidate_cache()
     versions = [v for v in list_versions(output) if v != keep]
     complete = [v for v in versions if fs.exists(join(path, v, MANIFEST))]
     doomed = [v for v in versions if v not in complete]
