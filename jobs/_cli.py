@@ -13,6 +13,8 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("faiss.loader", "aiobotocore.credentials", "botocore.credentials"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_main(main: Callable[[], int]) -> int:

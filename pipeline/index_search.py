@@ -60,6 +60,11 @@ class ShardedIndex:
         """True when every shard is a flat (exhaustive) index: scores and ranks are exact."""
         return all(isinstance(faiss.downcast_index(s), faiss.IndexFlat) for s in self.shards)
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF cells visited per query in every shard (FAISS's default is 1)."""
+        for index in self.shards:
+            faiss.extract_index_ivf(index).nprobe = nprobe
+
     def shard_vectors(self, s: int) -> np.ndarray:
         """The stored vectors of a flat shard (n, d)."""
         index = faiss.downcast_index(self.shards[s])

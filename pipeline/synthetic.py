@@ -129,3 +129,67 @@ def write_shards(
         )
         uris.append(uri)
     return uris
+
+
+def write_revisitop_miniature(
+    root: str,
+    dataset: str = "roxford5k",
+    classes: int = 3,
+    per_class: int = 4,
+    size: tuple[int, int] = (160, 120),
+    distractors: int = 6,
+    archives: bool = False,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """A miniature in revisitop's download layout: ROOT/<dataset>/jpg/*.jpg, the ground truth
+    ROOT/<dataset>/gnd_<dataset>.pkl, and ROOT/revisitop1m/ as a jpg/ folder with
+    revisitop1m.txt or as revisitop1m.1.tar.gz. Database images of a class are shifted, noisier
+    copies of its query image: the first half easy, the rest hard positives."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    imlist, qimlist, gnd = [], [], []
+    base = join(root, dataset)
+    for c in range(classes):
+        scene = np.asarray(image(rng, w, h)).astype(np.float32)
+        query = f"query_{c}"
+        write_bytes_atomic(
+            join(base, "jpg", f"{query}.jpg"), encode(Image.fromarray(scene.astype(np.uint8)))
+        )
+        qimlist.append(query)
+        easy, hard = [], []
+        for i in range(per_class):
+            strength = 8.0 if i < per_class // 2 else 40.0
+            shifted = np.roll(scene, (int(rng.integers(-6, 6)), int(rng.integers(-6, 6))), (0, 1))
+            noisy = np.clip(shifted + rng.normal(0, strength, shifted.shape), 0, 255)
+            name = f"class{c}_{i:03d}"
+            write_bytes_atomic(
+                join(base, "jpg", f"{name}.jpg"), encode(Image.fromarray(noisy.astype(np.uint8)))
+            )
+            (easy if i < per_class // 2 else hard).append(len(imlist))
+            imlist.append(name)
+        gnd.append(
+            {"bbx": [w * 0.1, h * 0.1, w * 0.9, h * 0.9], "easy": easy, "hard": hard, "junk": []}
+        )
+    write_bytes_atomic(
+        join(base, f"gnd_{dataset}.pkl"),
+        pickle.dumps({"imlist": imlist, "qimlist": qimlist, "gnd": gnd}),
+    )
+    names = [f"distractor_{i:05d}" for i in range(distractors)]
+    r1m = join(root, "revisitop1m")
+    images = {n: encode(image(rng, w, h)) for n in names}
+    if archives:
+        import gzip
+
+        from pipeline.shard_writer import tar_bytes
+
+        raw = tar_bytes((f"jpg/{n}", {"jpg": data}) for n, data in images.items())
+        write_bytes_atomic(join(r1m, "revisitop1m.1.tar.gz"), gzip.compress(raw))
+    else:
+        for n, data in images.items():
+            write_bytes_atomic(join(r1m, "jpg", f"{n}.jpg"), data)
+        write_bytes_atomic(
+            join(r1m, "revisitop1m.txt"), "\n".join(f"{n}.jpg" for n in names).encode()
+        )
+    return {"imlist": imlist, "qimlist": qimlist, "distractors": names}

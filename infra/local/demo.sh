@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: generated shards in a local S3 endpoint -> `ray job submit` of jobs/extract.py on
-# a local Ray head -> the Parquet output through DuckDB -> stop the stack.
+# a local Ray head -> the Parquet output through DuckDB -> revisitop miniature: prepare,
+# extract, build a distractor index, evaluate -> stop the stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
@@ -23,3 +24,20 @@ last=$(printf '%06d' $((SHARDS - 1)))
     --output "s3://$BUCKET/runs/demo" --precision bf16 --batch-size 4
 echo "--- the output, read back through DuckDB:"
 "$PY" jobs/inspect_output.py "s3://$BUCKET/runs/demo"
+
+echo "--- revisitop on a generated miniature: prepare -> extract -> R1M-style index -> evaluate"
+RAY_GCS=127.0.0.1:${RAY_PORT:-6390}
+MINI="s3://$BUCKET/revisitop"
+"$PY" -c "from pipeline.synthetic import write_revisitop_miniature as w; w('$MINI/data', classes=4, per_class=4, distractors=12)"
+"$PY" jobs/prepare_revisitop.py --root "$MINI/data" --dataset roxford5k --output "$MINI/shards/roxf"
+"$PY" jobs/prepare_revisitop.py --root "$MINI/data" --dataset revisitop1m --output "$MINI/shards/r1m"
+for part in roxf/database roxf/queries r1m/distractors; do
+    "$PY" jobs/extract.py --ray-address "$RAY_GCS" --input "$MINI/shards/$part/*.tar" \
+        --output "$MINI/runs/$part" --image-size 256 --precision bf16 --batch-size 4
+done
+"$PY" jobs/build_index.py --ray-address "$RAY_GCS" --descriptors "$MINI/runs/r1m/distractors" \
+    --output "$MINI/indexes/r1m" --shards 2 --factory Flat
+"$PY" jobs/evaluate.py --gnd "$MINI/data/roxford5k/gnd_roxford5k.pkl" \
+    --queries "$MINI/runs/roxf/queries" --database "$MINI/runs/roxf/database" \
+    --distractors "$MINI/indexes/r1m" --report "$STATE_DIR/report.json"
+echo "report: $STATE_DIR/report.json, $STATE_DIR/report.md"
