@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,14 @@ from pipeline.descriptor_io import (
     iter_batches,
     list_descriptor_files,
 )
-from pipeline.storage import filesystem, join, read_bytes, write_bytes_atomic, write_json_atomic
+from pipeline.storage import (
+    filesystem,
+    join,
+    read_bytes,
+    upload_file_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from pipeline.writer import parquet_bytes
 
 log = logging.getLogger(__name__)
@@ -171,10 +179,14 @@ def build_shard(
         }
     )
     write_bytes_atomic(join(version_dir, f"ids-{shard:05d}.parquet"), parquet_bytes(table))
-    write_bytes_atomic(
-        join(version_dir, f"shard-{shard:05d}.faiss"), faiss.serialize_index(index).tobytes()
-    )
-    return int(index.ntotal)
+    # Written to a local file by FAISS, then moved/uploaded: no in-memory serialised copy.
+    fd, local = tempfile.mkstemp(suffix=".faiss")
+    os.close(fd)
+    faiss.write_index(index, local)
+    count = int(index.ntotal)
+    del index
+    upload_file_atomic(local, join(version_dir, f"shard-{shard:05d}.faiss"))
+    return count
 
 
 def build_index(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from typing import Any
 
@@ -86,6 +88,39 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     finally:
         fs.rm_file(tmp)
     fs.invalidate_cache(parent)
+
+
+def upload_file_atomic(local_path: str, uri: str) -> None:
+    """Move a finished local file to ``uri`` without holding it in memory; atomic as
+    ``write_bytes_atomic``. The local file is consumed."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+        shutil.move(local_path, tmp)
+        os.replace(tmp, path)
+        return
+    parent, name = path.rsplit("/", 1)
+    tmp = f"{parent}/_tmp/{name}.{uuid.uuid4().hex}"
+    try:
+        fs.put_file(local_path, tmp)
+        fs.copy(tmp, path)
+        fs.rm_file(tmp)
+    finally:
+        os.remove(local_path)
+    fs.invalidate_cache(parent)
+
+
+def local_copy(uri: str) -> tuple[str, bool]:
+    """A local path holding ``uri``'s bytes, and whether it is a temporary download."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        return path, False
+    fd, tmp = tempfile.mkstemp(suffix="-" + path.rsplit("/", 1)[-1])
+    os.close(fd)
+    fs.get_file(path, tmp)
+    return tmp, True
 
 
 def read_json(uri: str) -> Any | None:

@@ -149,7 +149,9 @@ def write_revisitop_miniature(
 
     rng = np.random.default_rng(seed)
     w, h = size
-    imlist, qimlist, gnd = [], [], []
+    imlist: list[str] = []
+    qimlist: list[str] = []
+    gnd: list[dict[str, object]] = []
     base = join(root, dataset)
     for c in range(classes):
         scene = np.asarray(image(rng, w, h)).astype(np.float32)
@@ -158,7 +160,8 @@ def write_revisitop_miniature(
             join(base, "jpg", f"{query}.jpg"), encode(Image.fromarray(scene.astype(np.uint8)))
         )
         qimlist.append(query)
-        easy, hard = [], []
+        easy: list[int] = []
+        hard: list[int] = []
         for i in range(per_class):
             strength = 8.0 if i < per_class // 2 else 40.0
             shifted = np.roll(scene, (int(rng.integers(-6, 6)), int(rng.integers(-6, 6))), (0, 1))
