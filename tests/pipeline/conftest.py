@@ -85,6 +85,20 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
         f"--dashboard-port={dash}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        # Ports of its own: the in-process cluster of ray_local holds Ray's defaults (52365 for
+        # the dashboard agent, ...), and a head whose agent cannot bind accepts no jobs.
+        *(
+            f"--{flag}={free_port()}"
+            for flag in (
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "ray-client-server-port",
+                "node-manager-port",
+                "object-manager-port",
+            )
+        ),
     ]
     proc = subprocess.Popen(
         cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -64,20 +64,24 @@ def assert_report(got: dict, expected: dict) -> None:
             assert got[p][k] == pytest.approx(v, abs=1e-6), (p, k)
 
 
-def test_database_only(dataset, tmp_path, capsys) -> None:
-    root, q, x, gnd = dataset
-    report_path = tmp_path / "report.json"
-    args = [
+def evaluate_args(root: str, report: str, database: str = "db", *extra: str) -> list[str]:
+    return [
         "--gnd",
         f"{root}/gnd_roxford5k.pkl",
         "--queries",
         f"{root}/q",
         "--database",
-        f"{root}/db",
+        f"{root}/{database}",
         "--report",
-        str(report_path),
+        report,
+        *extra,
     ]
-    assert evaluate_main(args) == 0
+
+
+def test_database_only(dataset, tmp_path, capsys) -> None:
+    root, q, x, gnd = dataset
+    report_path = tmp_path / "report.json"
+    assert evaluate_main(evaluate_args(root, str(report_path))) == 0
     report = json.loads(report_path.read_text())
     assert_report(report, expected_report(q, x, gnd))
     assert 0 < report["medium"]["mAP"] <= 1 and report["exact"] and report["queries"] == 3
@@ -96,23 +100,8 @@ def test_with_distractors(ray_local, dataset, tmp_path, factory: str, exact: boo
         IndexBuildConfig(factory=factory, shards=2, train_size=300),
     )
     report_path = tmp_path / "report.json"
-    assert (
-        evaluate_main(
-            [
-                "--gnd",
-                f"{root}/gnd_roxford5k.pkl",
-                "--queries",
-                f"{root}/q",
-                "--database",
-                f"{root}/db",
-                "--distractors",
-                f"{root}/r1m-index",
-                "--report",
-                str(report_path),
-            ]
-        )
-        == 0
-    )
+    args = evaluate_args(root, str(report_path), "db", "--distractors", f"{root}/r1m-index")
+    assert evaluate_main(args) == 0
     report = json.loads(report_path.read_text())
     assert report["distractors"] == 300 and report["exact"] is exact
     assert_report(report["without_distractors"], expected_report(q, x, gnd))
@@ -128,17 +117,7 @@ def test_with_distractors(ray_local, dataset, tmp_path, factory: str, exact: boo
 def test_missing_descriptors_and_bad_gnd_are_clear_errors(dataset, tmp_path, capsys) -> None:
     root, *_ = dataset
     write_descriptor_file(f"{root}/db2/part-000000.parquet", ["db00"], unit(np.ones((1, DIM))))
-    args = [
-        "--gnd",
-        f"{root}/gnd_roxford5k.pkl",
-        "--queries",
-        f"{root}/q",
-        "--database",
-        f"{root}/db2",
-        "--report",
-        str(tmp_path / "r.json"),
-    ]
-    assert evaluate_main(args) == 1
+    assert evaluate_main(evaluate_args(root, str(tmp_path / "r.json"), "db2")) == 1
     assert "11 database images have no descriptor" in capsys.readouterr().err
     write_bytes_atomic(f"{root}/evil.pkl", pickle.dumps({"imlist": print}))
     with pytest.raises(ValueError, match="not a revisitop ground-truth"):
