@@ -6,6 +6,7 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -70,10 +71,19 @@ def test_truncated_checkpoint(model, tmp_path, suffix: str) -> None:
         build_glam(weights=uri)
 
 
-def test_corrupted_checkpoint(tmp_path) -> None:
+@pytest.mark.parametrize("seed", range(20))
+def test_corrupted_checkpoint(tmp_path, seed: int) -> None:
     uri = str(tmp_path / "glam.pt")
-    with open(uri, "wb") as f:
-        f.write(os.urandom(4096))
+    Path(uri).write_bytes(np.random.default_rng(seed).bytes(4096))
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(uri)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_corrupted_pickle_stream(model, tmp_path, seed: int) -> None:
+    """Random bytes after a valid pickle protocol header reach deep into the unpickler."""
+    uri = str(tmp_path / "glam.pt")
+    Path(uri).write_bytes(b"\x80\x02" + np.random.default_rng(seed).bytes(512))
     with pytest.raises(CheckpointError, match="not a readable"):
         load_checkpoint(uri)
 
