@@ -16,7 +16,7 @@ import ray
 
 import glam
 from glam import build_glam
-from pipeline import failpoints
+from pipeline import failpoints, metrics
 from pipeline.actors import create_actors, plan_actors
 from pipeline.layout import job_uri, marker_uri
 from pipeline.progress import Progress
@@ -184,6 +184,7 @@ def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> list[
             while idle and pending:
                 index, shard = idle.pop(), pending.popleft()
                 in_flight[actors[index].process.remote(shard, job.output)] = (index, shard)
+            metrics.set_gauge("pending", len(pending))
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 index, shard = in_flight.pop(ref)
@@ -217,6 +218,7 @@ def _failed(shard: str, error: str) -> dict[str, Any]:
 
 
 def _record(stats: dict[str, Any], result: JobResult) -> None:
+    metrics.record_shard(stats)
     if stats["status"] == "failed":
         log.error("shard %s failed: %s", stats["shard"], stats.get("error"))
         result.failed.append({"shard": stats["source"], "error": stats.get("error", "")})

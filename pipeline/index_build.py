@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipeline import failpoints
+from pipeline import failpoints, metrics
 from pipeline.descriptor_io import (
     DescriptorFile,
     check_same_model,
@@ -263,6 +263,9 @@ def build_index(
     write_bytes_atomic(join(output, LATEST), version.encode())  # the commit point
     prune_versions(output, cfg.retention, keep=version)
     result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0)
+    metrics.set_gauge("vectors", result.vectors)
+    metrics.set_gauge("build", result.seconds)
+    metrics.set_gauge("version", time.time())
     log.info(
         "built %s: %d vectors in %d shards (%.1fs)",
         version,

@@ -18,7 +18,7 @@ import torch
 
 import glam
 from glam import ExtractConfig, GlamExtractor, build_glam
-from pipeline import failpoints
+from pipeline import failpoints, metrics
 from pipeline.batching import SizeBuckets
 from pipeline.decode import DecodedSample, SampleError, decode_sample
 from pipeline.layout import descriptors_uri, errors_uri, marker_uri
@@ -155,6 +155,7 @@ class ShardWorker:
         thread.start()
         try:
             while True:
+                metrics.set_gauge("queue", q.qsize())
                 item = q.get()
                 if item is _END:
                     break
