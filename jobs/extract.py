@@ -118,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.ray_address)
         result = run_extraction(job)
         print(result.summary())
+        from pipeline.redact import redact_text
+
         for failed in result.failed:
-            print(f"failed shard: {failed['shard']}: {failed['error']}", file=sys.stderr)
+            line = f"failed shard: {failed['shard']}: {failed['error']}"
+            print(redact_text(line), file=sys.stderr)
         return 0 if result.succeeded else 1
 
     return run_main(run)

@@ -20,6 +20,7 @@ from pipeline import failpoints, metrics
 from pipeline.actors import create_actors, plan_actors
 from pipeline.layout import job_uri, marker_uri
 from pipeline.progress import Progress
+from pipeline.redact import redact
 from pipeline.shards import list_shards, shard_id
 from pipeline.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.storage import read_json, write_json_atomic
@@ -124,7 +125,7 @@ def run_extraction(job: ExtractionJob) -> JobResult:
         "started_at": _now(),
     }
     if todo:
-        write_json_atomic(job_uri(job.output), record)
+        write_json_atomic(job_uri(job.output), redact(record))
         record["workers"] = _run_shards(job, todo, result)
     result.wall_s = time.monotonic() - t0
     if todo or read_json(job_uri(job.output)) is None:
@@ -136,7 +137,7 @@ def run_extraction(job: ExtractionJob) -> JobResult:
             last_run=asdict(result),
             failed_shards=result.failed,
         )
-        write_json_atomic(job_uri(job.output), record)
+        write_json_atomic(job_uri(job.output), redact(record))  # no credentials in records
     log.info("%s", result.summary())
     return result
 

@@ -18,11 +18,28 @@ from fsspec import AbstractFileSystem
 
 
 def storage_options(uri: str) -> dict[str, Any]:
-    """Options for the filesystem of ``uri``: the S3 endpoint from ``AWS_ENDPOINT_URL``."""
-    if uri.startswith(("s3://", "s3a://")):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
-    return {}
+    """Options for the filesystem of ``uri``: the S3 endpoint from ``AWS_ENDPOINT_URL``, merged
+    with the JSON object in ``GLAM_STORAGE_OPTIONS`` (s3fs options such as ``key``/``secret``
+    or ``profile``; it is never logged or written)."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    options: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    extra = os.environ.get("GLAM_STORAGE_OPTIONS")
+    if extra:
+        try:
+            parsed = json.loads(extra)
+        except json.JSONDecodeError:
+            raise ValueError("GLAM_STORAGE_OPTIONS is not a JSON object") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("GLAM_STORAGE_OPTIONS is not a JSON object")
+        client_kwargs = {**options.get("client_kwargs", {}), **parsed.pop("client_kwargs", {})}
+        options.update(parsed)
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+    return options
 
 
 def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:

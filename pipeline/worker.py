@@ -23,6 +23,7 @@ from pipeline.batching import SizeBuckets
 from pipeline.decode import DecodedSample, SampleError, decode_sample
 from pipeline.layout import descriptors_uri, errors_uri, marker_uri
 from pipeline.reader import iter_shard
+from pipeline.redact import redact, redact_text
 from pipeline.shards import shard_id
 from pipeline.spec import ExtractionSpec, fingerprint
 from pipeline.storage import write_bytes_atomic, write_json_atomic
@@ -197,9 +198,10 @@ class ShardWorker:
         descriptors = (
             np.stack([d for _, d in done]) if done else np.zeros((0, self.dim), np.float32)
         )
+        source = redact_text(shard_uri)  # no URL credentials in the data
         table = descriptor_table(
             [s.key for s, _ in done],
-            shard_uri,
+            source,
             descriptors,
             [s.width for s, _ in done],
             [s.height for s, _ in done],
@@ -207,7 +209,7 @@ class ShardWorker:
         )
         errors = error_table(
             [e.key for e in failed],
-            shard_uri,
+            source,
             [e.error for e in failed],
             [e.message for e in failed],
             self.metadata,
@@ -221,5 +223,5 @@ class ShardWorker:
             stats.errors_by_type[e.error] = stats.errors_by_type.get(e.error, 0) + 1
         stats.wall_s = time.perf_counter() - start
         # The commit marker is written last: its presence means both files are complete.
-        marker = {**stats.to_dict(), "fingerprint": self.fingerprint}
+        marker = redact({**stats.to_dict(), "fingerprint": self.fingerprint})
         write_json_atomic(marker_uri(output, sid), marker)

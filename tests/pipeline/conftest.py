@@ -47,6 +47,7 @@ def free_port() -> int:
 class RayHead:
     gcs_address: str
     dashboard_url: str
+    metrics_url: str  # the head's Prometheus endpoint
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
@@ -69,9 +70,13 @@ def _dashboard_up(url: str) -> bool:
 @pytest.fixture(scope="session")
 def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
     """`ray start --head --num-gpus 2` on a CPU box (fake GPUs), with the dashboard."""
-    port, dash = free_port(), free_port()
+    port, dash, metrics_port = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "RAY_metrics_report_interval_ms": "1000",  # export application metrics every second
+    }
     cmd = [
         str(VENV_BIN / "ray"),
         "start",
@@ -85,6 +90,7 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
         f"--dashboard-port={dash}",
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
+        f"--metrics-export-port={metrics_port}",
         # Ports of its own: the in-process cluster of ray_local holds Ray's defaults (52365 for
         # the dashboard agent, ...), and a head whose agent cannot bind accepts no jobs.
         *(
@@ -92,7 +98,6 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
             for flag in (
                 "dashboard-agent-listen-port",
                 "dashboard-agent-grpc-port",
-                "metrics-export-port",
                 "runtime-env-agent-port",
                 "ray-client-server-port",
                 "node-manager-port",
@@ -109,7 +114,7 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}")
         wait_for_job_submission(url)
-        yield RayHead(gcs_address=f"127.0.0.1:{port}", dashboard_url=url)
+        yield RayHead(f"127.0.0.1:{port}", url, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)

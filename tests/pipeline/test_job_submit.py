@@ -1,11 +1,13 @@
 """`ray job submit` against a `ray start --head` cluster with two fake GPUs: the job
 SUCCEEDS, the output is complete, and the GPU actors get distinct CUDA_VISIBLE_DEVICES and fall
-back to the CPU since torch sees no CUDA device."""
+back to the CPU since torch sees no CUDA device; the pipeline's metrics reach the head's Prometheus
+endpoint."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 import uuid
 
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -13,7 +15,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from pipeline.layout import job_uri
 from pipeline.storage import read_json
 
-from .conftest import IMAGE_SIZE, REPO, VENV_BIN, shard_pattern
+from .conftest import IMAGE_SIZE, REPO, VENV_BIN, expected_keys, shard_pattern, wait_until
 from .test_extract import assert_exactly_once
 
 
@@ -56,3 +58,30 @@ def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
     workers = job["workers"]
     assert sorted(w["cuda_visible_devices"] for w in workers) == ["0", "1"]
     assert {w["device"] for w in workers} == {"cpu"}
+    assert_metrics_exported(ray_head.metrics_url)
+
+
+def scrape(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def assert_metrics_exported(metrics_url: str) -> None:
+    """The submitted job's metrics (recorded by its driver) at the head's Prometheus endpoint."""
+    wanted = ("ray_glam_images_total", "ray_glam_shards_total", "ray_glam_stage_seconds_total")
+    wait_until(
+        lambda: all(m in scrape(metrics_url) for m in wanted),
+        120,
+        "the pipeline's metrics at the head's endpoint",
+    )
+    text = scrape(metrics_url)
+    images = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("ray_glam_images_total")
+    ]
+    per_shard = [len(ok) + len(bad) for ok, bad in (expected_keys(s) for s in range(3))]
+    assert sum(images) == sum(per_shard)

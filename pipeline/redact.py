@@ -1,0 +1,55 @@
+"""Keeping credentials out of logs and records: URL user-info, secret-looking keys, and the
+values of the process's credential variables are masked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+MASK = "***"
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+(?::[^/@\s]*)?@")
+_SECRET_KEY = re.compile(
+    r"(secret|password|passwd|token|credential|session|^key$|access_key)", re.IGNORECASE
+)
+_SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "GLAM_STORAGE_OPTIONS",
+)
+
+
+def _secret_values() -> list[str]:
+    values = [os.environ.get(k, "") for k in _SECRET_ENV]
+    return [v for v in values if len(v) >= 6]
+
+
+def redact_text(text: str) -> str:
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    for value in _secret_values():
+        text = text.replace(value, MASK)
+    return text
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a JSON-like object with secret-named keys and secret values masked."""
+    if isinstance(obj, dict):
+        return {k: MASK if _SECRET_KEY.search(str(k)) and v else redact(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Masks credentials in every log record that passes through the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
