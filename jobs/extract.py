@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="number of actors (default: one per GPU, else CPUs/4 CPU actors)",
     )
     p.add_argument(
+        "--device",
+        choices=("auto", "gpu", "cpu"),
+        default="auto",
+        help="auto: one GPU actor per GPU, else CPU actors; gpu: GPU actors even before an "
+        "autoscaling cluster has GPU workers (needs --actors); cpu: CPU actors",
+    )
+    p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             spec_kw["scales"] = args.scales
         if args.max_pixels is not None:
             spec_kw["max_pixels"] = args.max_pixels
-        job = ExtractionJob(args.input, args.output, ExtractionSpec(**spec_kw), args.actors)
+        job = ExtractionJob(
+            args.input, args.output, ExtractionSpec(**spec_kw), args.actors, device=args.device
+        )
         connect(args.ray_address)
         result = run_extraction(job)
         print(result.summary())

@@ -30,17 +30,32 @@ class ActorPlan:
     num_cpus: float
 
 
-def plan_actors(resources: dict[str, float], actors: int | None) -> ActorPlan:
-    """One actor per GPU when the cluster has GPUs, else CPU actors; ``actors`` overrides."""
+def plan_actors(resources: dict[str, float], actors: int | None, device: str = "auto") -> ActorPlan:
+    """The actor plan, decided before any actor exists.
+
+    ``auto``: one GPU actor per GPU the cluster shows, else CPU actors. ``gpu``: GPU actors even
+    when none is up yet (an autoscaling cluster starting from zero GPU workers; needs
+    ``actors``). ``cpu``: CPU actors. ``actors`` overrides the count.
+    """
+    if device not in ("auto", "gpu", "cpu"):
+        raise ValueError(f"device must be auto, gpu or cpu, got {device!r}")
     gpus = int(resources.get("GPU", 0))
-    cpus = float(resources.get("CPU", 1))
-    if gpus > 0:
+    cpus = float(resources.get("CPU", 0))
+    if device == "gpu" or (device == "auto" and gpus > 0):
         count = actors or gpus
-        if count > gpus:
-            raise ValueError(f"--actors {count} needs {count} GPUs; the cluster has {gpus}")
-        return ActorPlan(count, True, _cpus_each(cpus, count, MAX_CPUS_PER_GPU_ACTOR))
+        if count == 0:
+            raise ValueError(
+                "--device gpu on a cluster with no GPU up yet needs --actors N "
+                "(the autoscaler starts the GPU workers)"
+            )
+        if device == "auto" and count > gpus:
+            raise ValueError(
+                f"--actors {count} needs {count} GPUs; the cluster has {gpus} "
+                "(use --device gpu on an autoscaling cluster)"
+            )
+        return ActorPlan(count, True, max(1.0, _cpus_each(cpus, count, MAX_CPUS_PER_GPU_ACTOR)))
     count = actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
-    return ActorPlan(count, False, _cpus_each(cpus, count, None))
+    return ActorPlan(count, False, _cpus_each(max(cpus, 1.0), count, None))
 
 
 def _cpus_each(cpus: float, count: int, cap: int | None) -> float:

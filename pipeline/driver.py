@@ -158,7 +158,7 @@ def _committed_totals(output: str, ids: list[str]) -> dict[str, Any]:
 
 def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> list[dict[str, Any]]:
     """Process ``todo`` on fresh actors; returns what each actor reported about itself."""
-    plan = plan_actors(ray.cluster_resources(), job.actors)
+    plan = plan_actors(ray.cluster_resources(), job.actors, job.device)
     log.info(
         "starting %d %s actors (%s CPUs each)",
         plan.count,

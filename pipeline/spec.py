@@ -53,10 +53,15 @@ class ExtractionJob:
     actors: int | None = None
     # Per-shard actor-death retries before the shard is reported as failed.
     max_shard_restarts: int = 3
+    # auto: GPU actors when the cluster has GPUs; gpu: GPU actors even before the autoscaler
+    # has started any (needs actors); cpu: CPU actors.
+    device: Literal["auto", "gpu", "cpu"] = "auto"
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors <= 0:
             raise ValueError(f"actors must be positive, got {self.actors}")
+        if self.device not in ("auto", "gpu", "cpu"):
+            raise ValueError(f"device must be auto, gpu or cpu, got {self.device!r}")
 
 
 def fingerprint(
