@@ -133,6 +133,21 @@ def shard_pattern(shard_uris: list[str]) -> str:
     return f"{folder}/{{000000..{len(shard_uris) - 1:06d}}}.tar"
 
 
+def extract_command(shard_uris: list[str], output: str, *extra: str) -> list[str]:
+    """``python jobs/extract.py`` over the generated shards at the tests' image size."""
+    return [
+        sys.executable,
+        str(REPO / "jobs" / "extract.py"),
+        "--input",
+        shard_pattern(shard_uris),
+        "--output",
+        output,
+        "--image-size",
+        str(IMAGE_SIZE),
+        *extra,
+    ]
+
+
 def expected_keys(shard: int, n_images: int = 5) -> tuple[set[str], dict[str, str]]:
     """(keys that must get a descriptor, key -> error type) of a generated shard."""
     ok = {f"s{shard:06d}_{i:05d}" for i in range(n_images)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pyarrow.dataset as ds
 
@@ -13,7 +12,7 @@ from jobs.extract import main as extract_main
 from pipeline.layout import job_uri, marker_uri
 from pipeline.storage import filesystem, read_json
 
-from .conftest import IMAGE_SIZE, REPO, expected_keys, shard_pattern
+from .conftest import IMAGE_SIZE, expected_keys, extract_command, shard_pattern
 
 ARGS = ["--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--retry-backoff", "0"]
 
@@ -85,19 +84,7 @@ def test_actor_killed_mid_shard_is_restarted_and_the_shard_requeued(
 
 def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp_path) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/driver"
-    cmd = [
-        sys.executable,
-        str(REPO / "jobs" / "extract.py"),
-        "--input",
-        shard_pattern(shards),
-        "--output",
-        output,
-        "--ray-address",
-        ray_local,
-        "--actors",
-        "1",
-        *ARGS,
-    ]
+    cmd = extract_command(shards, output, "--ray-address", ray_local, "--actors", "1", *ARGS[2:])
     env = {
         **os.environ,
         "GLAM_FAILPOINTS": "driver_exit_after_shards=1",

@@ -6,7 +6,6 @@ endpoint."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import urllib.request
 import uuid
 
@@ -15,7 +14,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from pipeline.layout import job_uri
 from pipeline.storage import read_json
 
-from .conftest import IMAGE_SIZE, REPO, VENV_BIN, expected_keys, shard_pattern, wait_until
+from .conftest import VENV_BIN, expected_keys, extract_command, wait_until
 from .test_extract import assert_exactly_once
 
 
@@ -33,16 +32,7 @@ def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
             "--submission-id",
             submission,
             "--",
-            sys.executable,
-            str(REPO / "jobs" / "extract.py"),
-            "--input",
-            shard_pattern(shards),
-            "--output",
-            output,
-            "--image-size",
-            str(IMAGE_SIZE),
-            "--batch-size",
-            "4",
+            *extract_command(shards, output, "--batch-size", "4"),
         ],
         capture_output=True,
         text=True,

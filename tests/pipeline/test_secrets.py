@@ -7,12 +7,11 @@ import json
 import logging
 import os
 import subprocess
-import sys
 
 from pipeline.redact import RedactingFilter, redact, redact_text
 from pipeline.storage import filesystem
 
-from .conftest import IMAGE_SIZE, REPO, shard_pattern
+from .conftest import extract_command
 
 KEY_ID = "AKIAGLAMTESTKEY00001"
 SECRET = "glam-secret-value-0123456789abcdef"
@@ -43,21 +42,7 @@ def test_a_run_leaves_no_credentials_behind(s3_endpoint, shards, tmp_path) -> No
         "AWS_SESSION_TOKEN": TOKEN,
         "GLAM_STORAGE_OPTIONS": json.dumps({"key": KEY_ID, "secret": SECRET, "token": TOKEN}),
     }
-    cmd = [
-        sys.executable,
-        str(REPO / "jobs" / "extract.py"),
-        "--input",
-        shard_pattern(shards),
-        "--output",
-        output,
-        "--image-size",
-        str(IMAGE_SIZE),
-        "-v",
-        "--shard-attempts",
-        "1",
-        "--actors",
-        "1",
-    ]
+    cmd = extract_command(shards, output, "-v", "--shard-attempts", "1", "--actors", "1")
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     logs = run.stdout + run.stderr
