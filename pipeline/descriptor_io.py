@@ -3,10 +3,8 @@ a plain folder written by another tool; streaming in row-group batches; one mode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -137,7 +135,3 @@ def read_descriptors(folder: str) -> tuple[list[str], np.ndarray, dict[str, str]
         np.concatenate(blocks) if blocks else np.zeros((0, files[0].dim), np.float32),
         identity,
     )
-
-
-def identity_json(identity: dict[str, Any]) -> str:
-    return json.dumps(identity, sort_keys=True)
