@@ -77,8 +77,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def check_output(output: str, fp: dict[str, Any], shard_ids: list[str]) -> set[str]:
-    """Committed shard ids of this configuration; refuse an output made by another one."""
+def check_output(
+    output: str, fp: dict[str, Any], shard_ids: list[str]
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The output's previous ``_job.json`` and the commit markers (by shard id) of this
+    configuration; refuse an output made by another one."""
     previous = read_json(job_uri(output))
     if previous is not None and previous.get("fingerprint") != fp:
         old, new = previous.get("fingerprint", {}), fp
@@ -87,7 +90,7 @@ def check_output(output: str, fp: dict[str, Any], shard_ids: list[str]) -> set[s
             f"{output} holds descriptors made with a different model or configuration "
             f"(differs in: {', '.join(diff)}); use a new --output"
         )
-    committed = set()
+    committed = {}
     for sid in shard_ids:
         marker = read_json(marker_uri(output, sid))
         if marker is None:
@@ -97,8 +100,8 @@ def check_output(output: str, fp: dict[str, Any], shard_ids: list[str]) -> set[s
                 f"shard {sid} in {output} was made with a different model or configuration; "
                 "use a new --output"
             )
-        committed.add(sid)
-    return committed
+        committed[sid] = marker
+    return previous, committed
 
 
 def run_extraction(job: ExtractionJob) -> JobResult:
@@ -109,7 +112,7 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
-    committed = check_output(job.output, fp, ids)
+    previous, committed = check_output(job.output, fp, ids)
     todo = [s for s, sid in zip(shards, ids, strict=True) if sid not in committed]
     result = JobResult(shards=len(shards), skipped=len(shards) - len(todo))
     log.info("%d shards, %d already committed, %d to do", len(shards), result.skipped, len(todo))
@@ -124,16 +127,18 @@ def run_extraction(job: ExtractionJob) -> JobResult:
         "status": "running",
         "started_at": _now(),
     }
+    new_stats: list[dict[str, Any]] = []
     if todo:
         write_json_atomic(job_uri(job.output), redact(record))
-        record["workers"] = _run_shards(job, todo, result)
+        record["workers"] = _run_shards(job, todo, result, new_stats)
     result.wall_s = time.monotonic() - t0
-    if todo or read_json(job_uri(job.output)) is None:
-        previous_totals = _committed_totals(job.output, ids)
+    if todo or previous is None:
+        # Markers read at the start plus this run's stats: no second pass over the markers.
+        totals = _committed_totals([*committed.values(), *new_stats])
         record.update(
             status="succeeded" if result.succeeded else "failed",
             finished_at=_now(),
-            totals={**previous_totals, "shards": len(shards)},
+            totals={**totals, "shards": len(shards)},
             last_run=asdict(result),
             failed_shards=result.failed,
         )
@@ -142,11 +147,11 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     return result
 
 
-def _committed_totals(output: str, ids: list[str]) -> dict[str, Any]:
+def _committed_totals(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over the stats of committed shards (commit markers or fresh ShardStats)."""
     totals: dict[str, float] = defaultdict(float)
-    for sid in ids:
-        marker = read_json(marker_uri(output, sid))
-        if marker is None:
+    for marker in markers:
+        if marker.get("status", "committed") != "committed":
             continue
         totals["committed_shards"] += 1
         for key in ("samples", "ok", "errors", "bytes"):
@@ -156,8 +161,11 @@ def _committed_totals(output: str, ids: list[str]) -> dict[str, Any]:
     return dict(totals)
 
 
-def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> list[dict[str, Any]]:
-    """Process ``todo`` on fresh actors; returns what each actor reported about itself."""
+def _run_shards(
+    job: ExtractionJob, todo: list[str], result: JobResult, stats_out: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Process ``todo`` on fresh actors, appending each shard's stats to ``stats_out``;
+    returns what each actor reported about itself."""
     plan = plan_actors(ray.cluster_resources(), job.actors, job.device)
     log.info(
         "starting %d %s actors (%s CPUs each)",
@@ -204,6 +212,7 @@ def _run_shards(job: ExtractionJob, todo: list[str], result: JobResult) -> list[
                 except ray.exceptions.RayTaskError as e:
                     stats = _failed(shard, str(e).strip().splitlines()[-1][:500])
                 _record(stats, result)
+                stats_out.append(stats)
                 progress.update(stats)
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards
