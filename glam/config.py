@@ -10,7 +10,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-BACKBONE_CHANNELS = {"resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+# C of conv5 per torchvision ResNet; the paper uses ResNet101. The small ones serve fast
+# experiments and tests (their conv5 has 512 channels).
+BACKBONE_CHANNELS = {
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+    "resnet101": 2048,
+    "resnet152": 2048,
+}
 
 SpatialActivation = Literal["none", "sigmoid"]
 

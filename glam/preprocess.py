@@ -24,8 +24,14 @@ class ImageTooLargeError(ImageDecodeError):
     """An image over the pixel limit (a decompression bomb), refused before decoding."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode image bytes fully, refusing images over ``max_pixels`` before decoding them."""
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode image bytes fully, refusing images over ``max_pixels`` before decoding them.
+
+    ``draft`` (W, H): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as it stays at
+    least that large (DCT scaling: far less work when the image is downsampled anyway).
+    """
     if not data:
         raise ImageDecodeError("empty image")
     try:
@@ -37,6 +43,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 raise ImageTooLargeError(
                     f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
                 )
+            if draft is not None and img.format == "JPEG":
+                img.draft(None, draft)
             img.load()
     except ImageDecodeError:
         raise

@@ -7,27 +7,32 @@ import os
 import socket
 import tempfile
 import time
+from typing import Any
 
 import ray
 
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None) -> None:
+def connect(address: str | None = None, worker_log_level: str | None = None) -> None:
     """Join ``address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else a running local
-    cluster, else start a local one in this process."""
+    cluster, else start a local one in this process. ``worker_log_level``: the level of the
+    job's workers' log records forwarded to this driver (Ray's default: warnings only)."""
     if ray.is_initialized():
         return
+    kw: dict[str, Any] = {"log_to_driver": True}
+    if worker_log_level:
+        kw["logging_config"] = ray.LoggingConfig(log_level=worker_log_level)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **kw)
         return
     running = running_local_cluster()
     if running:
-        ray.init(address=running, log_to_driver=True)
+        ray.init(address=running, **kw)
         log.info("joined the running Ray cluster at %s", running)
     else:
-        ray.init(address="local", log_to_driver=True)
+        ray.init(address="local", **kw)
         log.info("started a local Ray cluster: %s", ray.cluster_resources())
 
 

@@ -2,7 +2,8 @@
 (scraped by Prometheus from the Ray head/nodes; names get Ray's ``ray_`` prefix there).
 
 Extraction: images done, error rows by type, bytes read, per-stage seconds, queue depths, shards
-by status. Index builds: vectors, build seconds, version timestamp.
+by status. Index builds: vectors, build seconds, version timestamp. Training: step, loss,
+accuracy, images/s per worker.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def _metrics() -> dict[str, Any]:
         "vectors": m.Gauge("glam_index_vectors", "vectors in the last built index version"),
         "build": m.Gauge("glam_index_build_seconds", "seconds of the last index build"),
         "version": m.Gauge("glam_index_version_timestamp", "unix time of the LATEST version"),
+        "train_step": m.Gauge("glam_train_step", "optimiser steps done"),
+        "train_loss": m.Gauge("glam_train_loss", "ArcFace loss since the last log point"),
+        "train_accuracy": m.Gauge("glam_train_accuracy", "training accuracy (no margin)"),
+        "train_rate": m.Gauge(
+            "glam_train_images_per_second", "training images/s of a worker", tag_keys=("rank",)
+        ),
     }
 
 
@@ -70,3 +77,15 @@ def set_gauge(name: str, value: float) -> None:
     gauge = _get(name)
     if gauge is not None:
         gauge.set(value)
+
+
+def record_training(summary: dict[str, Any], rank: int) -> None:
+    """Publish a training log point (every worker publishes its own images/s)."""
+    rate = _get("train_rate")
+    if rate is None:
+        return
+    rate.set(summary["images_per_s_per_worker"][rank], tags={"rank": str(rank)})
+    if rank == 0:
+        _metrics()["train_step"].set(summary["step"])
+        _metrics()["train_loss"].set(summary["loss"])
+        _metrics()["train_accuracy"].set(summary["accuracy"])

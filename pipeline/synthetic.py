@@ -196,3 +196,67 @@ def write_revisitop_miniature(
             join(r1m, "revisitop1m.txt"), "\n".join(f"{n}.jpg" for n in names).encode()
         )
     return {"imlist": imlist, "qimlist": qimlist, "distractors": names}
+
+
+def class_image(
+    rng: np.random.Generator, label: int, classes: int, width: int, height: int
+) -> Image.Image:
+    """An image of visual class ``label`` of ``classes``: a grating whose orientation is the
+    class (θ = π·label/classes) on a random colour field, at a random place, scale, phase,
+    frequency and colour: colour tells nothing, structure everything."""
+    background = np.asarray(image(rng, width, height), dtype=np.float32) * 0.5
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    theta = np.pi * label / classes + rng.normal(0, 0.05)
+    period = rng.uniform(6, 12) * max(width, height) / 128
+    phase = (xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / period
+    wave = np.sin(phase + rng.uniform(0, 6.28))
+    c1, c2 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    pattern = np.where(wave[..., None] > 0, c1, c2).astype(np.float32)
+    bw, bh = int(width * rng.uniform(0.5, 0.8)), int(height * rng.uniform(0.5, 0.8))
+    x0, y0 = int(rng.integers(0, width - bw + 1)), int(rng.integers(0, height - bh + 1))
+    out = background.copy()
+    out[y0 : y0 + bh, x0 : x0 + bw] = pattern[y0 : y0 + bh, x0 : x0 + bw]
+    out += rng.normal(0, 8, out.shape)
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+# (W, H) shapes of the generated training images: landscape, portrait and square groups.
+CLASS_IMAGE_SHAPES = ((96, 72), (72, 96), (80, 80), (112, 64))
+
+
+def class_samples(
+    classes: int, per_class: int, seed: int, key_prefix: str = "img"
+) -> list[tuple[str, int, bytes]]:
+    """(key, label, JPEG bytes) of ``per_class`` images of each class, in class order."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for label in range(classes):
+        for i in range(per_class):
+            w, h = CLASS_IMAGE_SHAPES[int(rng.integers(len(CLASS_IMAGE_SHAPES)))]
+            data = encode(class_image(rng, label, classes, w, h), quality=90)
+            out.append((f"{key_prefix}{label:03d}_{i:04d}", label, data))
+    return out
+
+
+def write_gldv2_miniature(
+    root: str, classes: int = 4, per_class: int = 12, seed: int = 0
+) -> dict[str, int]:
+    """A GLDv2-clean miniature in the download's layout: ROOT/train_clean.csv (landmark_id,
+    space-separated image ids) and ROOT/train/<a>/<b>/<c>/<id>.jpg. Landmark ids are sparse,
+    as in GLDv2; returns image id -> landmark id."""
+    rng = np.random.default_rng([seed, 11])
+    landmark_ids = sorted(int(x) for x in rng.choice(200_000, size=classes, replace=False))
+    truth: dict[str, int] = {}
+    rows = ["landmark_id,images"]
+    for _key, label, data in class_samples(classes, per_class, seed):
+        image_id = f"{int(rng.integers(16**15)):016x}"
+        write_bytes_atomic(
+            join(root, "train", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg"), data
+        )
+        truth[image_id] = landmark_ids[label]
+    by_landmark: dict[int, list[str]] = {}
+    for image_id, landmark in truth.items():
+        by_landmark.setdefault(landmark, []).append(image_id)
+    rows += [f"{lm},{' '.join(ids)}" for lm, ids in sorted(by_landmark.items())]
+    write_bytes_atomic(join(root, "train_clean.csv"), ("\n".join(rows) + "\n").encode())
+    return truth

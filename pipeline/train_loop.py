@@ -1,0 +1,242 @@
+"""The Ray Train worker: DDP training of GLAM + ArcFace on this worker's shard split.
+
+Every worker runs ``train_worker``. It restores the last checkpoint if the run has one, then
+steps through the epochs; metrics are combined over the workers every ``log_every`` steps and
+reported to Ray Train, and rank 0 checkpoints every ``checkpoint_every`` steps and at each
+epoch end. Steps, data order and augmentation are functions of (seed, epoch, rank, step), so a
+resumed run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from glam.arcface import ArcFaceHead, arcface_loss
+from glam.builder import build_glam
+from glam.classifier import GlamClassifier
+from glam.groups import AspectGroups
+from glam.recipe import autocast_dtype, build_optimizer, learning_rate, set_learning_rate
+from pipeline import failpoints, metrics
+from pipeline.train_data import Batch, LoaderConfig, TrainLoader
+from pipeline.train_manifest import TrainDataset
+from pipeline.train_spec import TrainJob
+from pipeline.train_state import Progress, load_state, restore, save_state
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(job: TrainJob, num_classes: int) -> GlamClassifier:
+    """GLAM from the job's starting weights plus a seeded ArcFace head, in train mode."""
+    glam = build_glam(job.weights, job.glam, seed=job.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job.seed + 1)
+        head = ArcFaceHead(
+            glam.config.dim, num_classes, job.train.arcface_margin, job.train.arcface_scale
+        )
+    return GlamClassifier(glam, head).train()
+
+
+class Meter:
+    """Loss, accuracy and throughput since the last log point, combined over the workers."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = 0.0
+        self.correct = 0
+        self.samples = 0
+        self.data_wait_s = 0.0
+        self.replaced = 0
+        self.start = time.perf_counter()
+
+    def update(self, loss: torch.Tensor, cos: torch.Tensor, batch: Batch, wait_s: float) -> None:
+        n = batch.labels.shape[0]
+        self.loss_sum += float(loss.detach()) * n
+        self.correct += int((cos.argmax(dim=1).cpu() == batch.labels).sum())
+        self.samples += n
+        self.data_wait_s += wait_s
+        self.replaced += batch.replaced
+
+    def combine(self, device: torch.device) -> dict[str, Any]:
+        """All workers' numbers: sums for loss/accuracy, per-worker images/s (a collective)."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        mine = torch.tensor(
+            [
+                self.loss_sum,
+                self.correct,
+                self.samples,
+                self.replaced,
+                self.samples / elapsed,
+                self.data_wait_s / elapsed,
+            ],
+            dtype=torch.float64,
+            device=device,
+        )
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        gathered = [torch.zeros_like(mine) for _ in range(world)]
+        if world > 1:
+            dist.all_gather(gathered, mine)
+        else:
+            gathered = [mine]
+        rows = torch.stack(gathered).cpu()  # (world, 6)
+        total = rows.sum(dim=0)
+        samples = max(float(total[2]), 1.0)
+        return {
+            "loss": float(total[0]) / samples,
+            "accuracy": float(total[1]) / samples,
+            "samples": int(total[2]),
+            "replaced_samples": int(total[3]),
+            "images_per_s_per_worker": [round(float(r), 3) for r in rows[:, 4]],
+            "data_wait_fraction": round(float(rows[:, 5].max()), 4),
+        }
+
+
+def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
+    """The per-worker training function given to ``TorchTrainer``."""
+    # Ray Train's own per-report INFO lines would drown ours (the driver forwards INFO).
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    job = TrainJob.from_dict(payload["job"])
+    dataset = TrainDataset(**payload["dataset"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    threads = int(payload["threads"])
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    cfg = job.train
+    steps_per_epoch = dataset.num_samples // cfg.batch_size
+    total_steps = steps_per_epoch * cfg.epochs
+
+    net = build_classifier(job, dataset.num_classes).to(device)
+    net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(net.parameters(), cfg)
+    dtype = autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    progress = Progress()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            progress = restore(load_state(folder), net, optimizer, scaler)
+        log.info("rank %d resumed from step %d", rank, progress.step)
+    model: nn.Module = ray.train.torch.prepare_model(net, move_to_device=False)
+
+    loader = TrainLoader(
+        list(dataset.shards),
+        rank,
+        world,
+        job.seed,
+        LoaderConfig(
+            batch_size=cfg.batch_size // world,
+            groups=AspectGroups(cfg.image_size, cfg.aspect_ratios),
+            augment=cfg.augment,
+            num_classes=dataset.num_classes,
+            max_pixels=job.max_pixels,
+            shuffle_buffer=job.shuffle_buffer,
+            decode_threads=job.decode_threads or threads,
+        ),
+    )
+    meta = {"job": payload["job"], "dataset": payload["dataset"], "world": world}
+    reporter = Reporter(job, net, optimizer, scaler, device, meta, total_steps)
+    while progress.step < total_steps:
+        epoch, start = divmod(progress.step, steps_per_epoch)
+        t_wait = time.perf_counter()
+        for batch in loader.batches(epoch, start, steps_per_epoch):
+            wait_s = time.perf_counter() - t_wait
+            set_learning_rate(optimizer, learning_rate(cfg, progress.step, total_steps))
+            x = batch.images.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = batch.labels.to(device, non_blocking=True)
+            autocast = (
+                torch.autocast(device.type, dtype=dtype)
+                if dtype is not None
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                logits, cos = model(x, y)
+            loss = arcface_loss(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            progress.step += 1
+            reporter.meter.update(loss, cos, batch, wait_s)
+            reporter.after_step(progress, epoch, epoch_end=batch.step + 1 == steps_per_epoch)
+            if rank == 0 and failpoints.trigger("train_worker_exit_at_step", str(progress.step)):
+                log.error("failpoint: rank 0 exits at step %d", progress.step)
+                os._exit(1)
+            t_wait = time.perf_counter()
+    return {"step": progress.step, "resumed_from": progress.resumed_from}
+
+
+class Reporter:
+    """Logs and reports metrics every ``log_every`` steps; checkpoints every
+    ``checkpoint_every`` steps and at each epoch end. Every worker takes the same decisions
+    (reports and metric gathers are collective)."""
+
+    def __init__(
+        self,
+        job: TrainJob,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        device: torch.device,
+        meta: dict[str, Any],
+        total_steps: int,
+    ) -> None:
+        self.job, self.net, self.optimizer, self.scaler = job, net, optimizer, scaler
+        self.device, self.meta, self.total_steps = device, meta, total_steps
+        self.rank = ray.train.get_context().get_world_rank()
+        self.meter = Meter()
+
+    def after_step(self, progress: Progress, epoch: int, epoch_end: bool) -> None:
+        step = progress.step
+        save = epoch_end or step % self.job.checkpoint_every == 0
+        if not (save or step % self.job.log_every == 0):
+            return
+        summary = self.meter.combine(self.device)
+        summary.update(step=step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"])
+        progress.history.append(summary)
+        rates = summary["images_per_s_per_worker"]
+        if self.rank == 0:
+            log.info(
+                "step %d/%d epoch %d: loss %.4f, accuracy %.3f, %.2f images/s per worker "
+                "(min %.2f)",
+                step,
+                self.total_steps,
+                epoch,
+                summary["loss"],
+                summary["accuracy"],
+                sum(rates) / len(rates),
+                min(rates),
+            )
+        metrics.record_training(summary, self.rank)
+        reported = {k: v for k, v in summary.items() if k != "images_per_s_per_worker"}
+        reported["images_per_s_per_worker_min"] = min(rates)
+        if not save:
+            ray.train.report(reported)
+            self.meter.reset()  # throughput counts training, not the reports between
+            return
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="glam-ckpt-") as folder:
+            checkpoint = None
+            if self.rank == 0:
+                save_state(folder, self.net, self.optimizer, self.scaler, progress, self.meta)
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report(
+                reported, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}"
+            )
+        if self.rank == 0:
+            log.info("checkpoint at step %d saved in %.1fs", step, time.perf_counter() - t0)
+        self.meter.reset()

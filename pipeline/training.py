@@ -1,0 +1,196 @@
+"""The training driver: plan the workers, run ``TorchTrainer`` with checkpoints in the run
+folder, export the final GLAM checkpoint and record the run in ``_train.json``.
+
+Run folder (``--output``)::
+
+    checkpoints/step-00001000/state.pt   Ray Train checkpoints (+ its manager snapshot)
+    glam.safetensors                     the trained GLAM, for jobs/extract.py --weights
+    _train.json                          config, fingerprint, status, metric history
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipeline import failpoints
+from pipeline.actors import plan_actors
+from pipeline.cluster import connect
+from pipeline.driver import versions
+from pipeline.redact import redact_text
+from pipeline.storage import exists, filesystem, is_local, join, read_json, write_json_atomic
+from pipeline.train_loop import train_worker
+from pipeline.train_manifest import TrainDataset, load_dataset
+from pipeline.train_spec import TrainJob, fingerprint
+from pipeline.train_state import export_glam, load_state
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "_train.json"
+MODEL_FILE = "glam.safetensors"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingError(RuntimeError):
+    """The run failed; its checkpoints stay, and the same command resumes it."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_uri: str
+    model_sha256: str
+    steps: int
+    skipped: bool  # the output held a finished run of this configuration
+    resumed_from: list[int]
+    final: dict[str, Any]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def check_steps(job: TrainJob, dataset: TrainDataset, world: int) -> int:
+    """Steps per epoch; refuses splits that cannot work."""
+    if job.train.batch_size % world:
+        raise ValueError(
+            f"batch size {job.train.batch_size} does not split over {world} workers evenly"
+        )
+    if len(dataset.shards) < world:
+        raise ValueError(f"{len(dataset.shards)} shards cannot feed {world} workers")
+    steps = dataset.num_samples // job.train.batch_size
+    if steps == 0:
+        raise ValueError(
+            f"{dataset.num_samples} samples are fewer than one batch of {job.train.batch_size}"
+        )
+    return steps
+
+
+def storage(output: str) -> tuple[str, pafs.FileSystem | None]:
+    """Ray Train's storage for the run folder: a local path, or our fsspec filesystem (same
+    endpoint and options as every other read and write) behind pyarrow."""
+    fs, path = filesystem(output)
+    if is_local(fs):
+        return path, None
+    return path, pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def run_training(job: TrainJob) -> TrainResult:
+    """Train on the connected (or a new local) Ray cluster; resumes a run folder of the same
+    configuration from its last checkpoint."""
+    t0 = time.monotonic()
+    if not ray.train.is_v2_enabled():
+        raise RuntimeError("training needs Ray Train V2: unset RAY_TRAIN_V2_ENABLED=0")
+    dataset = load_dataset(job.input, job.num_classes, job.samples_per_epoch)
+    connect(job.ray_address, worker_log_level="INFO")
+    plan = plan_actors(ray.cluster_resources(), job.workers, job.device)
+    steps_per_epoch = check_steps(job, dataset, plan.count)
+    fp = fingerprint(job, dataset, plan.count)
+    summary_uri = join(job.output, SUMMARY_FILE)
+    model_uri = join(job.output, MODEL_FILE)
+    previous = read_json(summary_uri)
+    if previous is not None and previous.get("fingerprint") != fp:
+        old = previous.get("fingerprint", {})
+        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        raise ValueError(
+            f"{job.output} holds a run with a different configuration (differs in: "
+            f"{', '.join(diff)}); use a new --output"
+        )
+    if previous is not None and previous.get("status") == "succeeded" and exists(model_uri):
+        log.info("%s holds a finished run of this configuration: nothing to do", job.output)
+        return TrainResult(
+            model_uri,
+            previous["model_sha256"],
+            previous["steps"],
+            True,
+            previous.get("resumed_from", []),
+            previous.get("final", {}),
+        )
+    record: dict[str, Any] = {
+        "input": job.input,
+        "output": job.output,
+        "job": job.to_dict(),
+        "fingerprint": fp,
+        "workers": plan.count,
+        "use_gpu": plan.use_gpu,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": steps_per_epoch * job.train.epochs,
+        "versions": versions(),
+        "started": (previous or {}).get("started", _now()),
+        "status": "running",
+    }
+    write_json_atomic(summary_uri, record)
+    log.info(
+        "training on %d %s workers: %d samples of %d classes, %d steps/epoch x %d epochs",
+        plan.count,
+        "GPU" if plan.use_gpu else "CPU",
+        dataset.num_samples,
+        dataset.num_classes,
+        steps_per_epoch,
+        job.train.epochs,
+    )
+    path, fs = storage(job.output)
+    # mypy sees Ray's V1 signatures; Ray Train V2 (checked above) is what runs.
+    trainer = TorchTrainer(
+        train_worker,  # type: ignore[arg-type]
+        train_loop_config={
+            "job": job.to_dict(),
+            "dataset": {
+                "shards": list(dataset.shards),
+                "num_classes": dataset.num_classes,
+                "num_samples": dataset.num_samples,
+            },
+            "threads": max(1, int(plan.num_cpus)),
+        },
+        torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=plan.count,
+            use_gpu=plan.use_gpu,
+            resources_per_worker={"CPU": plan.num_cpus},
+        ),
+        run_config=RunConfig(  # type: ignore[call-arg]
+            name=CHECKPOINTS,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=job.keep_checkpoints),
+            worker_runtime_env={"env_vars": failpoints.armed_env()},
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors in its own types
+        message = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+        write_json_atomic(summary_uri, {**record, "status": "failed", "error": message[:1000]})
+        raise TrainingError(
+            f"training failed ({type(e).__name__}: {message[:300]}); its checkpoints are in "
+            f"{job.output}/{CHECKPOINTS}: re-run the same command to resume"
+        ) from e
+    if result.checkpoint is None:
+        raise TrainingError("training finished without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        state = load_state(folder)
+    sha = export_glam(state, job.glam, model_uri)
+    final = state["history"][-1] if state["history"] else {}
+    record.update(
+        status="succeeded",
+        finished=_now(),
+        steps=int(state["step"]),
+        resumed_from=state["resumed_from"],
+        history=state["history"],
+        final=final,
+        model=model_uri,
+        model_sha256=sha,
+        wall_s=round(time.monotonic() - t0, 1),
+    )
+    write_json_atomic(summary_uri, record)
+    log.info("trained %d steps; GLAM checkpoint %s (sha256 %s)", state["step"], model_uri, sha)
+    return TrainResult(model_uri, sha, int(state["step"]), False, state["resumed_from"], final)
