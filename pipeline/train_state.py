@@ -3,6 +3,7 @@ checkpoint that ``jobs/extract.py --weights`` loads."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from torch import nn
 from glam.config import GlamConfig
 from glam.model import GLAM
 from glam.weights import load_state_dict_strict, save_checkpoint
+from pipeline.storage import join, read_bytes
 
 STATE_FILE = "state.pt"
 GLAM_PREFIX = "glam."
@@ -57,6 +59,14 @@ def save_state(
 def load_state(folder: str) -> dict[str, Any]:
     path = os.path.join(folder, STATE_FILE)
     state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    state["meta"] = json.loads(state["meta"])
+    return state
+
+
+def read_state(folder_uri: str) -> dict[str, Any]:
+    """The state in a checkpoint folder on any storage (e.g. ``OUTPUT/checkpoints/step-N``)."""
+    data = read_bytes(join(folder_uri, STATE_FILE))
+    state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     state["meta"] = json.loads(state["meta"])
     return state
 
