@@ -20,6 +20,7 @@ RESOURCES = (
     "serviceaccount.yaml",
     "raycluster.yaml",
     "rayjob-extract.yaml",
+    "rayjob-train.yaml",
     "raycronjob-build-index.yaml",
     "cronjob-build-index.yaml",
 )

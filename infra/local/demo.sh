@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: generated shards in a local S3 endpoint -> `ray job submit` of jobs/extract.py on
 # a local Ray head -> the Parquet output through DuckDB -> revisitop miniature: prepare,
-# extract, build a distractor index, evaluate -> stop the stack.
+# extract, build a distractor index, evaluate -> training on a GLDv2-style miniature: prepare,
+# `ray job submit` of jobs/train.py, extract with the trained weights -> stop the stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${VENV:-.venv}
@@ -41,3 +42,18 @@ done
     --queries "$MINI/runs/roxf/queries" --database "$MINI/runs/roxf/database" \
     --distractors "$MINI/indexes/r1m" --report "$STATE_DIR/report.json"
 echo "report: $STATE_DIR/report.json, $STATE_DIR/report.md"
+
+echo "--- training on a generated GLDv2-style miniature: prepare -> ray job submit train.py -> extract"
+GLD="s3://$BUCKET/gldv2"
+"$PY" -c "from pipeline.synthetic import write_gldv2_miniature as w; w('$GLD/raw', classes=4, per_class=24)"
+"$PY" jobs/prepare_gldv2.py --csv "$GLD/raw/train_clean.csv" --images "$GLD/raw/train" \
+    --output "$GLD/shards" --shard-size 24
+"$VENV/bin/ray" job submit --address "$RAY_ADDRESS" -- \
+    "$PY" "$PWD/jobs/train.py" --input "$GLD/shards/train-{000000..000003}.tar" \
+    --output "$GLD/runs/demo" --weights random --backbone resnet18 --dim 64 \
+    --glam-config '{"reduced_channels": 64}' --image-size 64 --batch-size 16 --epochs 2 \
+    --lr 0.002 --workers 2 --log-every 3
+"$PY" jobs/extract.py --ray-address "$RAY_GCS" --input "s3://$BUCKET/shards/{000000..$last}.tar" \
+    --output "s3://$BUCKET/runs/demo-trained" --weights "$GLD/runs/demo/glam.safetensors" \
+    --image-size 256 --batch-size 4
+"$PY" jobs/inspect_output.py "s3://$BUCKET/runs/demo-trained"

@@ -97,3 +97,36 @@ def test_classifier_checks_the_head_dimension_and_trains_end_to_end() -> None:
     # Every parameter of GLAM and the head gets a gradient (nothing is cut off).
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_mixed_precision_training_step_on_cuda() -> None:
+    """The GPU recipe: autocast in the dtype "auto" picks, loss scaling for fp16, finite
+    gradients, and the loss falls on a repeated batch."""
+    from glam.recipe import TrainConfig, autocast_dtype, build_optimizer
+
+    device = torch.device("cuda")
+    cfg = TrainConfig(lr=0.01)
+    dtype = autocast_dtype(cfg, device)
+    assert dtype in (torch.bfloat16, torch.float16)
+    torch.manual_seed(0)
+    glam = GLAM(GlamConfig(backbone="resnet18", dim=32, reduced_channels=32))
+    net = GlamClassifier(glam, ArcFaceHead(32, 4, 0.3, 30.0)).to(device).train()
+    net = net.to(memory_format=torch.channels_last)
+    opt = build_optimizer(net.parameters(), cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    x = torch.randn(8, 3, 96, 128, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(8, device=device) % 4
+    losses = []
+    for _ in range(5):
+        with torch.autocast("cuda", dtype=dtype):
+            logits, _ = net(x, y)
+        loss = arcface_loss(logits.float(), y)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses.append(float(loss))
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    assert losses[-1] < losses[0]

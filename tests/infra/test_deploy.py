@@ -17,11 +17,16 @@ import yaml
 
 from jobs.build_index import build_parser as build_index_parser
 from jobs.extract import build_parser as extract_parser
+from jobs.train import build_parser as train_parser
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
 K8S_VERSION = "1.30"
-PARSERS = {"extract.py": extract_parser, "build_index.py": build_index_parser}
+PARSERS = {
+    "extract.py": extract_parser,
+    "build_index.py": build_index_parser,
+    "train.py": train_parser,
+}
 
 
 def rendered() -> dict[str, dict[str, Any]]:

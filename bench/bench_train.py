@@ -1,0 +1,156 @@
+"""Training throughput: images/s per worker of the whole Ray Train job against the bare
+training step, in one run.
+
+Generates a GLDv2-style dataset, prepares shards with pipeline.gldv2, measures the bare
+training step (forward + ArcFace + backward + SGD) on pre-decoded batches with the threads one
+worker gets, then runs the real job (TorchTrainer, DDP over gloo, streaming reader, group-size
+batches, augmentation on decode threads, checkpoints) and prints per-worker images/s, the
+ratio, and the bare step's MFU against the machine's matmul peak.
+
+    .venv/bin/python bench/bench_train.py [--backbone resnet18 --image-size 128 --precision fp32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import ray
+import torch
+
+from bench.common import count_gflop, matmul_peak_gflops
+from glam.arcface import arcface_loss
+from glam.config import GlamConfig
+from glam.recipe import AugmentConfig, TrainConfig, autocast_dtype, build_optimizer
+from pipeline.gldv2 import PrepareSpec, prepare
+from pipeline.synthetic import write_gldv2_miniature
+from pipeline.train_loop import build_classifier
+from pipeline.train_spec import TrainJob
+from pipeline.training import run_training
+
+
+def bare_step_ips(job: TrainJob, classes: int, batch: int, threads: int) -> tuple[float, float]:
+    """(images/s, GFLOP per image) of the bare training step at the job's square size."""
+    torch.set_num_threads(threads)
+    net = build_classifier(job, classes).to(memory_format=torch.channels_last)
+    opt = build_optimizer(net.parameters(), job.train)
+    dtype = autocast_dtype(job.train, torch.device("cpu"))
+    s = job.train.image_size
+    x = torch.randn(batch, 3, s, s).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, _ = net(x, y)
+        loss = arcface_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    gflop = count_gflop(step) / batch
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times), gflop
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32, help="global (split over 2 workers)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--per-class", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=2)
+    args = p.parse_args()
+    workers, cpus = 2, os.cpu_count() or 2
+    threads = max(1, cpus // workers)
+
+    root = tempfile.mkdtemp(prefix="glam-bench-train-")
+    write_gldv2_miniature(f"{root}/raw", classes=args.classes, per_class=args.per_class)
+    spec = PrepareSpec(f"{root}/raw/train_clean.csv", f"{root}/raw/train", f"{root}/shards", 32)
+    manifest = prepare(spec)
+    n_shards = len(manifest["shards"])  # type: ignore[arg-type]
+    small = args.backbone in ("resnet18", "resnet34")
+    glam = GlamConfig(
+        backbone=args.backbone, dim=64 if small else 512, reduced_channels=64 if small else 256
+    )
+    recipe = TrainConfig(
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        precision=args.precision,
+        lr=0.002,
+        augment=AugmentConfig(),
+    )
+    job = TrainJob(
+        input=f"{root}/shards/train-{{000000..{n_shards - 1:06d}}}.tar",
+        output=f"{root}/run",
+        train=recipe,
+        glam=glam,
+        weights="random",
+        workers=workers,
+        log_every=4,
+        checkpoint_every=10_000,
+        shuffle_buffer=64,
+    )
+    local_batch = args.batch_size // workers
+    # The machine's peak with all cores (one core alone picks slower GEMM kernels), shared.
+    peak = matmul_peak_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    bare, gflop = bare_step_ips(job, args.classes, local_batch, threads)
+    torch.set_num_threads(cpus)
+
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    t0 = time.perf_counter()
+    run_training(job)
+    wall = time.perf_counter() - t0
+    ray.shutdown()
+    record = json.loads(Path(f"{root}/run/_train.json").read_text())
+    history = record["history"]
+    # Log windows after the first (cold start: oneDNN kernels, shuffle buffer fill).
+    rates = [r for h in history[1:] for r in h["images_per_s_per_worker"]]
+    per_worker = statistics.median(rates)
+    waits = [h["data_wait_fraction"] for h in history[1:]]
+    images = record["steps"] * args.batch_size
+    print(
+        json.dumps(
+            {
+                "backbone": args.backbone,
+                "image_size": args.image_size,
+                "precision": args.precision,
+                "global_batch": args.batch_size,
+                "workers": workers,
+                "threads_per_worker": threads,
+                "train_gflop_per_image": round(gflop, 2),
+                "bare_step_images_per_s": round(bare, 2),
+                "bare_step_mfu": round(bare * gflop / (peak * threads / cpus), 3),
+                "job_images_per_s_per_worker": round(per_worker, 2),
+                "job_vs_bare": round(per_worker / bare, 3),
+                "data_wait_fraction_max": max(waits) if waits else None,
+                "steps": record["steps"],
+                "whole_job_images_per_s": round(images / wall, 2),
+                "whole_job_wall_s": round(wall, 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
