@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster has any (needs --workers); cpu: CPU workers",
     )
     run.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="CPUs per worker for decoding and augmentation (default: the cluster's CPUs "
+        "shared out, at most 16 per GPU worker; set it on autoscaling clusters)",
+    )
+    run.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (1000)"
     )
     run.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (3)")
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             workers=args.workers,
             device=args.device,
+            cpus_per_worker=args.cpus_per_worker,
             num_classes=args.num_classes,
             samples_per_epoch=args.samples_per_epoch,
             checkpoint_every=args.checkpoint_every,

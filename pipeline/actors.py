@@ -30,7 +30,12 @@ class ActorPlan:
     num_cpus: float
 
 
-def plan_actors(resources: dict[str, float], actors: int | None, device: str = "auto") -> ActorPlan:
+def plan_actors(
+    resources: dict[str, float],
+    actors: int | None,
+    device: str = "auto",
+    max_cpus_per_gpu: int = MAX_CPUS_PER_GPU_ACTOR,
+) -> ActorPlan:
     """The actor plan, decided before any actor exists.
 
     ``auto``: one GPU actor per GPU the cluster shows, else CPU actors. ``gpu``: GPU actors even
@@ -53,7 +58,7 @@ def plan_actors(resources: dict[str, float], actors: int | None, device: str = "
                 f"--actors {count} needs {count} GPUs; the cluster has {gpus} "
                 "(use --device gpu on an autoscaling cluster)"
             )
-        return ActorPlan(count, True, max(1.0, _cpus_each(cpus, count, MAX_CPUS_PER_GPU_ACTOR)))
+        return ActorPlan(count, True, max(1.0, _cpus_each(cpus, count, max_cpus_per_gpu)))
     count = actors or max(1, int(cpus // CPUS_PER_CPU_ACTOR))
     return ActorPlan(count, False, _cpus_each(max(cpus, 1.0), count, None))
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from glam.augment import AugmentDraw, augment, draw
+from glam.augment import AugmentDraw, crop_uint8, draw, illumination_factors
 from glam.groups import AspectGroups
 from glam.preprocess import ImageDecodeError, decode_image, to_rgb
 from glam.recipe import AugmentConfig
@@ -58,7 +58,10 @@ class BatchPlan:
 @dataclass
 class Batch:
     step: int
-    images: torch.Tensor  # (B, 3, H, W), ImageNet-normalised
+    # uint8 (B, 3, H, W) after scaling and cropping; glam.augment.photometric(images,
+    # factors) on the training device finishes the augmentation and normalises.
+    images: torch.Tensor
+    factors: torch.Tensor  # (B, 3) illumination factors
     labels: torch.Tensor  # (B,) int64
     keys: list[str]
     # Samples that failed to decode, replaced by a copy of another sample of the batch.
@@ -77,6 +80,8 @@ class LoaderConfig:
     shuffle_buffer: int = 1000
     decode_threads: int = 2
     prefetch_batches: int = 4
+    # Page-locked batches, so that the copy to a GPU overlaps with compute.
+    pin_memory: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_classes", "max_pixels", "decode_threads"):
@@ -202,7 +207,7 @@ class TrainLoader:
             yield BatchPlan(step, group, samples)
 
     def materialise(self, plan: BatchPlan, epoch: int) -> Batch:
-        """Decode and augment a plan; runs on the decode threads."""
+        """Decode, scale and crop a plan's images; runs on the decode threads."""
         size = self.config.groups.size_of(plan.group)
         rng = np.random.default_rng([self.seed, epoch, self.rank, plan.step, 2])
         draws = [draw(rng, self.config.augment) for _ in plan.samples]
@@ -219,9 +224,11 @@ class TrainLoader:
         replaced = len(images) - len(good)
         if replaced:
             self.skipped.counts["undecodable"] += replaced
+        stacked = torch.stack([images[i] for i in index])  # type: ignore[misc]
         return Batch(
             step=plan.step,
-            images=torch.stack([images[i] for i in index]),  # type: ignore[misc]
+            images=stacked.pin_memory() if self.config.pin_memory else stacked,
+            factors=illumination_factors([draws[i] for i in index]),
             labels=torch.tensor([plan.samples[i].label for i in index], dtype=torch.int64),
             keys=[plan.samples[i].key for i in index],
             replaced=replaced,
@@ -233,7 +240,7 @@ class TrainLoader:
         draft = (max(1, int(s.width * scale)), max(1, int(s.height * scale))) if scale < 1 else None
         try:
             img = to_rgb(decode_image(s.data, self.config.max_pixels, draft=draft))
-            return augment(img, size, d)
+            return crop_uint8(img, size, d)
         except (ImageDecodeError, OSError, ValueError, MemoryError) as e:
             log.warning("sample %s: %s", s.key, str(e)[:200])
             return None

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from glam.arcface import ArcFaceHead, arcface_loss
+from glam.augment import photometric
 from glam.builder import build_glam
 from glam.classifier import GlamClassifier
 from glam.groups import AspectGroups
@@ -48,41 +49,52 @@ def build_classifier(job: TrainJob, num_classes: int) -> GlamClassifier:
 
 
 class Meter:
-    """Loss, accuracy and throughput since the last log point, combined over the workers."""
+    """Loss, accuracy and throughput since the last log point, combined over the workers.
 
-    def __init__(self) -> None:
+    Loss and accuracy accumulate on the device: no host sync per step (a GPU keeps its queue).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = 0.0
-        self.correct = 0
+        self.sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss·n, correct
         self.samples = 0
         self.data_wait_s = 0.0
         self.replaced = 0
         self.start = time.perf_counter()
 
-    def update(self, loss: torch.Tensor, cos: torch.Tensor, batch: Batch, wait_s: float) -> None:
-        n = batch.labels.shape[0]
-        self.loss_sum += float(loss.detach()) * n
-        self.correct += int((cos.argmax(dim=1).cpu() == batch.labels).sum())
+    def update(
+        self,
+        loss: torch.Tensor,
+        cos: torch.Tensor,
+        labels: torch.Tensor,
+        batch: Batch,
+        wait_s: float,
+    ) -> None:
+        n = labels.shape[0]
+        self.sums[0] += loss.detach().double() * n
+        self.sums[1] += (cos.argmax(dim=1) == labels).sum()
         self.samples += n
         self.data_wait_s += wait_s
         self.replaced += batch.replaced
 
-    def combine(self, device: torch.device) -> dict[str, Any]:
+    def combine(self) -> dict[str, Any]:
         """All workers' numbers: sums for loss/accuracy, per-worker images/s (a collective)."""
+        loss_sum, correct = self.sums.tolist()  # waits for this worker's queued steps
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         mine = torch.tensor(
             [
-                self.loss_sum,
-                self.correct,
+                loss_sum,
+                correct,
                 self.samples,
                 self.replaced,
                 self.samples / elapsed,
                 self.data_wait_s / elapsed,
             ],
             dtype=torch.float64,
-            device=device,
+            device=self.device,
         )
         world = dist.get_world_size() if dist.is_initialized() else 1
         gathered = [torch.zeros_like(mine) for _ in range(world)]
@@ -145,6 +157,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             max_pixels=job.max_pixels,
             shuffle_buffer=job.shuffle_buffer,
             decode_threads=job.decode_threads or threads,
+            pin_memory=device.type == "cuda",
         ),
     )
     meta = {"job": payload["job"], "dataset": payload["dataset"], "world": world}
@@ -155,8 +168,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         for batch in loader.batches(epoch, start, steps_per_epoch):
             wait_s = time.perf_counter() - t_wait
             set_learning_rate(optimizer, learning_rate(cfg, progress.step, total_steps))
-            x = batch.images.to(device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = photometric(batch.images.to(device, non_blocking=True), batch.factors)
+            x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
             y = batch.labels.to(device, non_blocking=True)
             autocast = (
                 torch.autocast(device.type, dtype=dtype)
@@ -171,7 +184,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             scaler.step(optimizer)
             scaler.update()
             progress.step += 1
-            reporter.meter.update(loss, cos, batch, wait_s)
+            reporter.meter.update(loss, cos, y, batch, wait_s)
             reporter.after_step(progress, epoch, epoch_end=batch.step + 1 == steps_per_epoch)
             if rank == 0 and failpoints.trigger("train_worker_exit_at_step", str(progress.step)):
                 log.error("failpoint: rank 0 exits at step %d", progress.step)
@@ -198,14 +211,14 @@ class Reporter:
         self.job, self.net, self.optimizer, self.scaler = job, net, optimizer, scaler
         self.device, self.meta, self.total_steps = device, meta, total_steps
         self.rank = ray.train.get_context().get_world_rank()
-        self.meter = Meter()
+        self.meter = Meter(device)
 
     def after_step(self, progress: Progress, epoch: int, epoch_end: bool) -> None:
         step = progress.step
         save = epoch_end or step % self.job.checkpoint_every == 0
         if not (save or step % self.job.log_every == 0):
             return
-        summary = self.meter.combine(self.device)
+        summary = self.meter.combine()
         summary.update(step=step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"])
         progress.history.append(summary)
         rates = summary["images_per_s_per_worker"]

@@ -24,6 +24,8 @@ class TrainJob:
     # Workers (one per GPU by default); on a CPU cluster, CPU workers.
     workers: int | None = None
     device: Literal["auto", "gpu", "cpu"] = "auto"
+    # CPUs per worker (decode threads); None: the cluster's CPUs shared out, at most 16 per GPU.
+    cpus_per_worker: float | None = None
     # Override / replace the dataset manifest.
     num_classes: int | None = None
     samples_per_epoch: int | None = None
@@ -49,6 +51,8 @@ class TrainJob:
             raise ValueError("max failures and shuffle buffer must be >= 0")
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"device must be auto, gpu or cpu, got {self.device!r}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise ValueError("cpus per worker must be positive")
         if self.decode_threads is not None and self.decode_threads <= 0:
             raise ValueError("decode threads must be positive")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "_train.json"
 MODEL_FILE = "glam.safetensors"
 CHECKPOINTS = "checkpoints"
+# Training decodes and augments every image of every epoch at up to hundreds of images/s per
+# GPU (~12 ms of CPU each at 512 px, BENCHMARKS.md): more cores per GPU than extraction.
+MAX_CPUS_PER_GPU_WORKER = 16
 
 
 class TrainingError(RuntimeError):
@@ -91,7 +94,9 @@ def run_training(job: TrainJob) -> TrainResult:
         raise RuntimeError("training needs Ray Train V2: unset RAY_TRAIN_V2_ENABLED=0")
     dataset = load_dataset(job.input, job.num_classes, job.samples_per_epoch)
     connect(job.ray_address, worker_log_level="INFO")
-    plan = plan_actors(ray.cluster_resources(), job.workers, job.device)
+    plan = plan_actors(ray.cluster_resources(), job.workers, job.device, MAX_CPUS_PER_GPU_WORKER)
+    if job.cpus_per_worker is not None:
+        plan = replace(plan, num_cpus=job.cpus_per_worker)
     steps_per_epoch = check_steps(job, dataset, plan.count)
     fp = fingerprint(job, dataset, plan.count)
     summary_uri = join(job.output, SUMMARY_FILE)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from glam.augment import AugmentDraw, augment, draw, illuminate, scale_and_crop
+from glam.augment import AugmentDraw, augment, draw, grayscale, illuminate, scale_and_crop
 from glam.groups import AspectGroups
 from glam.recipe import (
     DEFAULT_ASPECT_RATIOS,
@@ -126,12 +126,13 @@ def test_crop_covers_the_target_and_offsets_follow_the_draw() -> None:
 
 
 def test_illumination() -> None:
-    x = torch.rand(3, 8, 8)
-    torch.testing.assert_close(illuminate(x.clone(), NEUTRAL), x)
-    darker = illuminate(x.clone(), AugmentDraw(1, 0, 0, brightness=0.5, contrast=1, saturation=1))
-    torch.testing.assert_close(darker, x * 0.5)
-    gray = illuminate(x.clone(), AugmentDraw(1, 0, 0, brightness=1, contrast=1, saturation=0))
-    torch.testing.assert_close(gray[0], gray[1])  # saturation 0: no colour left
+    x = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(illuminate(x.clone(), torch.ones(2, 3)), x)
+    darker = illuminate(x.clone(), torch.tensor([[0.5, 1, 1], [1, 1, 1]]))
+    torch.testing.assert_close(darker, torch.stack([x[0] * 0.5, x[1]]))
+    flat = illuminate(x.clone(), torch.tensor([[1.0, 0.0, 1.0], [1, 1, 0]]))
+    torch.testing.assert_close(flat[0], grayscale(x[0]).mean().expand(3, 8, 8))  # contrast 0
+    torch.testing.assert_close(flat[1, 0], flat[1, 1])  # saturation 0: no colour left
 
 
 def test_draws_stay_in_range_and_augment_is_deterministic() -> None:
