@@ -39,18 +39,21 @@ from pipeline.train_spec import TrainJob
 from pipeline.training import run_training
 
 
-def bare_step_ips(job: TrainJob, classes: int, batch: int, threads: int) -> tuple[float, float]:
+def bare_step_ips(
+    job: TrainJob, classes: int, batch: int, threads: int, device: torch.device
+) -> tuple[float, float]:
     """(images/s, GFLOP per image) of the bare training step at the job's square size."""
     torch.set_num_threads(threads)
-    net = build_classifier(job, classes).to(memory_format=torch.channels_last)
+    net = build_classifier(job, classes).to(device).to(memory_format=torch.channels_last)
     opt = build_optimizer(net.parameters(), job.train)
-    dtype = autocast_dtype(job.train, torch.device("cpu"))
+    dtype = autocast_dtype(job.train, device)
     s = job.train.image_size
-    x = torch.randn(batch, 3, s, s).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch,))
+    x = torch.randn(batch, 3, s, s, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits, _ = net(x, y)
         loss = arcface_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)
@@ -62,8 +65,10 @@ def bare_step_ips(job: TrainJob, classes: int, batch: int, threads: int) -> tupl
         step()
     times = []
     for _ in range(5):
+        sync()
         t = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t)
     return batch / statistics.median(times), gflop
 
@@ -73,12 +78,15 @@ def main() -> int:
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32, help="global (split over 2 workers)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--workers", type=int, default=None, help="default: GPUs, else 2 (CPU)")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--per-class", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args()
-    workers, cpus = 2, os.cpu_count() or 2
+    gpus = torch.cuda.device_count()
+    device = torch.device("cuda" if gpus else "cpu")
+    workers, cpus = args.workers or gpus or 2, os.cpu_count() or 2
     threads = max(1, cpus // workers)
 
     root = tempfile.mkdtemp(prefix="glam-bench-train-")
@@ -110,12 +118,16 @@ def main() -> int:
         shuffle_buffer=64,
     )
     local_batch = args.batch_size // workers
-    # The machine's peak with all cores (one core alone picks slower GEMM kernels), shared.
-    peak = matmul_peak_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
-    bare, gflop = bare_step_ips(job, args.classes, local_batch, threads)
+    bare, gflop = bare_step_ips(job, args.classes, local_batch, threads, device)
     torch.set_num_threads(cpus)
+    peak_share = None
+    if device.type == "cpu":  # MFU against one worker's share of the machine's matmul peak
+        peak = matmul_peak_gflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        peak_share = peak * threads / cpus
 
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False
+    )
     t0 = time.perf_counter()
     run_training(job)
     wall = time.perf_counter() - t0
@@ -123,9 +135,10 @@ def main() -> int:
     record = json.loads(Path(f"{root}/run/_train.json").read_text())
     history = record["history"]
     # Log windows after the first (cold start: oneDNN kernels, shuffle buffer fill).
-    rates = [r for h in history[1:] for r in h["images_per_s_per_worker"]]
+    warm = history[1:] or history
+    rates = [r for h in warm for r in h["images_per_s_per_worker"]]
     per_worker = statistics.median(rates)
-    waits = [h["data_wait_fraction"] for h in history[1:]]
+    waits = [h["data_wait_fraction"] for h in warm]
     images = record["steps"] * args.batch_size
     print(
         json.dumps(
@@ -138,7 +151,8 @@ def main() -> int:
                 "threads_per_worker": threads,
                 "train_gflop_per_image": round(gflop, 2),
                 "bare_step_images_per_s": round(bare, 2),
-                "bare_step_mfu": round(bare * gflop / (peak * threads / cpus), 3),
+                "device": torch.cuda.get_device_name() if gpus else "cpu",
+                "bare_step_mfu": round(bare * gflop / peak_share, 3) if peak_share else None,
                 "job_images_per_s_per_worker": round(per_worker, 2),
                 "job_vs_bare": round(per_worker / bare, 3),
                 "data_wait_fraction_max": max(waits) if waits else None,

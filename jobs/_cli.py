@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -34,3 +35,21 @@ def run_main(main: Callable[[], int]) -> int:
 
         print(redact_text(f"error: {type(e).__name__}: {message}"), file=sys.stderr)
         return 1
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """An argparse type: ``"0.7071,1,1.4142"`` -> (0.7071, 1.0, 1.4142)."""
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--ray-address`` and ``-v``, the same in every job that runs on Ray."""
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

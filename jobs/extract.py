@@ -14,14 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
-
-
-def scales(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+from jobs._cli import add_cluster_arguments, float_list, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scales",
-        type=scales,
+        type=float_list,
         default=None,
         help="comma-separated scales of the image size (default 0.7071,1,1.4142)",
     )
@@ -90,12 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before the first retry, doubling after (default 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
-    p.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_cluster_arguments(p)
     return p
 
 

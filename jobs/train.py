@@ -17,14 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
-
-
-def numbers(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+from jobs._cli import add_cluster_arguments, float_list, run_main, setup_logging
 
 
 def json_object(text: str) -> dict[str, object]:
@@ -101,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recipe.add_argument(
         "--aspect-ratios",
-        type=numbers,
+        type=float_list,
         default=None,
         help="W/H of the group-size sampling groups (default 0.5,0.667,0.75,1,1.333,1.5,2)",
     )
@@ -145,12 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--decode-threads", type=int, default=None, help="decode threads per worker (its CPUs)"
     )
     run.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation, init")
-    run.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_cluster_arguments(run)
     return p
 
 
