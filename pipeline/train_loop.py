@@ -28,7 +28,7 @@ from glam.builder import build_glam
 from glam.classifier import GlamClassifier
 from glam.groups import AspectGroups
 from glam.recipe import autocast_dtype, build_optimizer, learning_rate, set_learning_rate
-from pipeline import failpoints, metrics
+from pipeline import failpoints, metrics, train_progress
 from pipeline.train_data import Batch, LoaderConfig, TrainLoader
 from pipeline.train_manifest import TrainDataset
 from pipeline.train_spec import TrainJob
@@ -161,6 +161,8 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         ),
     )
     meta = {"job": payload["job"], "dataset": payload["dataset"], "world": world}
+    if payload.get("progress_board"):
+        meta["progress_board"] = payload["progress_board"]
     reporter = Reporter(job, net, optimizer, scaler, device, meta, total_steps)
     while progress.step < total_steps:
         epoch, start = divmod(progress.step, steps_per_epoch)
@@ -211,6 +213,7 @@ class Reporter:
         self.job, self.net, self.optimizer, self.scaler = job, net, optimizer, scaler
         self.device, self.meta, self.total_steps = device, meta, total_steps
         self.rank = ray.train.get_context().get_world_rank()
+        self.board: str | None = meta.get("progress_board")
         self.meter = Meter(device)
 
     def after_step(self, progress: Progress, epoch: int, epoch_end: bool) -> None:
@@ -235,6 +238,8 @@ class Reporter:
                 min(rates),
             )
         metrics.record_training(summary, self.rank)
+        if self.rank == 0 and self.board:
+            train_progress.post(self.board, summary)
         reported = {k: v for k, v in summary.items() if k != "images_per_s_per_worker"}
         reported["images_per_s_per_worker_min"] = min(rates)
         if not save:

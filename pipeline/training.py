@@ -11,7 +11,9 @@ Run folder (``--output``)::
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +24,7 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from pipeline import failpoints
+from pipeline import failpoints, train_progress
 from pipeline.actors import plan_actors
 from pipeline.cluster import connect
 from pipeline.driver import versions
@@ -143,6 +145,8 @@ def run_training(job: TrainJob) -> TrainResult:
         job.train.epochs,
     )
     path, fs = storage(job.output)
+    board_name = f"glam-train-progress-{uuid.uuid4().hex[:8]}" if sys.stderr.isatty() else None
+    board = train_progress.create_board(board_name) if board_name else None
     # mypy sees Ray's V1 signatures; Ray Train V2 (checked above) is what runs.
     trainer = TorchTrainer(
         train_worker,  # type: ignore[arg-type]
@@ -154,6 +158,7 @@ def run_training(job: TrainJob) -> TrainResult:
                 "num_samples": dataset.num_samples,
             },
             "threads": max(1, int(plan.num_cpus)),
+            "progress_board": board_name,
         },
         torch_config=TorchConfig(backend="nccl" if plan.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -170,6 +175,7 @@ def run_training(job: TrainJob) -> TrainResult:
             worker_runtime_env={"env_vars": failpoints.armed_env()},
         ),
     )
+    bar = train_progress.ProgressBar(board, record["total_steps"]) if board else None
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors in its own types
@@ -179,6 +185,11 @@ def run_training(job: TrainJob) -> TrainResult:
             f"training failed ({type(e).__name__}: {message[:300]}); its checkpoints are in "
             f"{job.output}/{CHECKPOINTS}: re-run the same command to resume"
         ) from e
+    finally:
+        if bar is not None:
+            bar.close()
+        if board is not None:
+            ray.kill(board)
     if result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:

@@ -60,3 +60,34 @@ def test_fingerprint_is_in_the_parquet_metadata(output: str) -> None:
         "WHERE key = 'fingerprint'"
     ).fetchone()
     assert json.loads(value)["image_size"] == IMAGE_SIZE
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``python …/jobs/<job>.py …`` command in the README's shell blocks."""
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    commands = []
+    for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
+        if lang:  # python, sql, ...: not shell commands
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            argv = shlex.split(line.split(" -- ", 1)[-1]) if "jobs/" in line else []
+            for i, word in enumerate(argv):
+                if re.search(r"jobs/\w+\.py$", word):
+                    commands.append(argv[i:])
+                    break
+    return commands
+
+
+def test_readme_job_commands_parse_with_the_jobs_own_parsers() -> None:
+    import importlib
+
+    checked = set()
+    for argv in readme_commands():
+        name = argv[0].rsplit("/", 1)[1][:-3]
+        module = importlib.import_module(f"jobs.{name}")
+        if hasattr(module, "build_parser"):
+            module.build_parser().parse_args(argv[1:])  # SystemExit on an unknown flag
+            checked.add(name)
+    assert {"extract", "train", "prepare_gldv2"} <= checked
