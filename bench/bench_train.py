@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -133,6 +134,7 @@ def main() -> int:
     wall = time.perf_counter() - t0
     ray.shutdown()
     record = json.loads(Path(f"{root}/run/_train.json").read_text())
+    shutil.rmtree(root)
     history = record["history"]
     # Log windows after the first (cold start: oneDNN kernels, shuffle buffer fill).
     warm = history[1:] or history

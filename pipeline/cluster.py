@@ -14,15 +14,12 @@ import ray
 log = logging.getLogger(__name__)
 
 
-def connect(address: str | None = None, worker_log_level: str | None = None) -> None:
+def connect(address: str | None = None) -> None:
     """Join ``address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else a running local
-    cluster, else start a local one in this process. ``worker_log_level``: the level of the
-    job's workers' log records forwarded to this driver (Ray's default: warnings only)."""
+    cluster, else start a local one in this process."""
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"log_to_driver": True}
-    if worker_log_level:
-        kw["logging_config"] = ray.LoggingConfig(log_level=worker_log_level)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kw)

@@ -117,8 +117,6 @@ class Meter:
 
 def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     """The per-worker training function given to ``TorchTrainer``."""
-    # Ray Train's own per-report INFO lines would drown ours (the driver forwards INFO).
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     job = TrainJob.from_dict(payload["job"])
     dataset = TrainDataset(**payload["dataset"])
     ctx = ray.train.get_context()
@@ -141,7 +139,11 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             progress = restore(load_state(folder), net, optimizer, scaler)
-        log.info("rank %d resumed from step %d", rank, progress.step)
+        log.debug("rank %d resumed from step %d", rank, progress.step)
+        if rank == 0:
+            train_progress.post(
+                payload.get("progress_board"), {"kind": "resumed", "step": progress.step}
+            )
     model: nn.Module = ray.train.torch.prepare_model(net, move_to_device=False)
 
     loader = TrainLoader(
@@ -225,21 +227,9 @@ class Reporter:
         summary.update(step=step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"])
         progress.history.append(summary)
         rates = summary["images_per_s_per_worker"]
-        if self.rank == 0:
-            log.info(
-                "step %d/%d epoch %d: loss %.4f, accuracy %.3f, %.2f images/s per worker "
-                "(min %.2f)",
-                step,
-                self.total_steps,
-                epoch,
-                summary["loss"],
-                summary["accuracy"],
-                sum(rates) / len(rates),
-                min(rates),
-            )
         metrics.record_training(summary, self.rank)
-        if self.rank == 0 and self.board:
-            train_progress.post(self.board, summary)
+        if self.rank == 0:
+            train_progress.post(self.board, {"kind": "log", **summary})
         reported = {k: v for k, v in summary.items() if k != "images_per_s_per_worker"}
         reported["images_per_s_per_worker_min"] = min(rates)
         if not save:
@@ -256,5 +246,9 @@ class Reporter:
                 reported, checkpoint=checkpoint, checkpoint_dir_name=f"step-{step:08d}"
             )
         if self.rank == 0:
-            log.info("checkpoint at step %d saved in %.1fs", step, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            log.debug("checkpoint at step %d saved in %.1fs", step, seconds)
+            train_progress.post(
+                self.board, {"kind": "checkpoint", "step": step, "seconds": seconds}
+            )
         self.meter.reset()

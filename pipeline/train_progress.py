@@ -1,67 +1,101 @@
-"""Training progress on the driver's terminal: rank 0 posts each log point to a small Ray
-actor, and a driver thread shows it as a progress bar (log lines come from the workers)."""
+"""Training progress on the driver: rank 0 posts events (log points, resumptions,
+checkpoints) to a small Ray actor; a driver thread drains it, logs each event through the
+driver's own logging and, on a terminal, moves a progress bar over the steps."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 from typing import Any
 
 import ray
 
+log = logging.getLogger(__name__)
+
 
 class ProgressBoard:
-    """The latest log point of a run (a Ray actor with no resources)."""
+    """Events of a run, in order (a Ray actor with no resources)."""
 
     def __init__(self) -> None:
-        self.latest: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []
 
-    def post(self, summary: dict[str, Any]) -> None:
-        self.latest = summary
+    def post(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
 
-    def read(self) -> dict[str, Any]:
-        return self.latest
+    def pending(self) -> int:
+        return len(self.events)
+
+    def drain(self) -> list[dict[str, Any]]:
+        out, self.events = self.events, []
+        return out
 
 
 def create_board(name: str) -> Any:
     return ray.remote(ProgressBoard).options(name=name, num_cpus=0).remote()
 
 
-def post(name: str, summary: dict[str, Any]) -> None:
+def post(name: str | None, event: dict[str, Any]) -> None:
     """Post from a worker; never blocks training, never fails it."""
-    with contextlib.suppress(ValueError):  # no board: the driver has no terminal
-        ray.get_actor(name).post.remote(summary)
+    if name:
+        with contextlib.suppress(ValueError):  # no board
+            ray.get_actor(name).post.remote(event)
 
 
-class ProgressBar:
-    """A tqdm bar over optimiser steps, fed from the board every ``interval_s``."""
+def describe(event: dict[str, Any], total_steps: int) -> str:
+    kind = event.get("kind")
+    if kind == "resumed":
+        return f"resumed from the checkpoint at step {event['step']}"
+    if kind == "checkpoint":
+        return f"checkpoint at step {event['step']} saved in {event['seconds']:.1f}s"
+    rates = event["images_per_s_per_worker"]
+    return (
+        f"step {event['step']}/{total_steps} epoch {event['epoch']}: loss {event['loss']:.4f}, "
+        f"accuracy {event['accuracy']:.3f}, {sum(rates) / len(rates):.2f} images/s per worker "
+        f"(min {min(rates):.2f}), data wait {100 * event['data_wait_fraction']:.1f}%"
+    )
 
-    def __init__(self, board: Any, total_steps: int, interval_s: float = 2.0) -> None:
-        from tqdm import tqdm
 
-        self.board, self.interval_s = board, interval_s
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+class ProgressMonitor:
+    """Drains the board every ``interval_s``: a log line per event, and a tqdm bar on a tty."""
+
+    def __init__(
+        self, board: Any, total_steps: int, interval_s: float = 2.0, bar: bool | None = None
+    ) -> None:
+        self.board, self.total_steps, self.interval_s = board, total_steps, interval_s
+        self.bar: Any = None
+        if sys.stderr.isatty() if bar is None else bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="train-progress", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval_s):
-            try:
-                latest = ray.get(self.board.read.remote(), timeout=self.interval_s)
-            except Exception:  # the board is best effort
-                continue
-            if latest:
-                self.bar.n = int(latest["step"])
-                rates = latest["images_per_s_per_worker"]
-                self.bar.set_postfix(
-                    loss=f"{latest['loss']:.3f}",
-                    acc=f"{latest['accuracy']:.3f}",
-                    img_s_worker=f"{sum(rates) / len(rates):.1f}",
-                )
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            events = ray.get(self.board.drain.remote(), timeout=30)
+        except Exception as e:  # progress is best effort
+            log.debug("progress board unavailable: %s", e)
+            return
+        for event in events:
+            line = describe(event, self.total_steps)
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+                if event.get("kind") == "log":
+                    self.bar.n = int(event["step"])
+                    self.bar.refresh()
+            else:
+                log.info("%s", line)
 
     def close(self) -> None:
         self.stop_event.set()
         self.thread.join()
-        self.bar.close()
+        self.poll()
+        if self.bar is not None:
+            self.bar.close()

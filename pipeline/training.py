@@ -11,7 +11,6 @@ Run folder (``--output``)::
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -21,7 +20,13 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline import failpoints, train_progress
@@ -95,7 +100,7 @@ def run_training(job: TrainJob) -> TrainResult:
     if not ray.train.is_v2_enabled():
         raise RuntimeError("training needs Ray Train V2: unset RAY_TRAIN_V2_ENABLED=0")
     dataset = load_dataset(job.input, job.num_classes, job.samples_per_epoch)
-    connect(job.ray_address, worker_log_level="INFO")
+    connect(job.ray_address)
     plan = plan_actors(ray.cluster_resources(), job.workers, job.device, MAX_CPUS_PER_GPU_WORKER)
     if job.cpus_per_worker is not None:
         plan = replace(plan, num_cpus=job.cpus_per_worker)
@@ -145,8 +150,8 @@ def run_training(job: TrainJob) -> TrainResult:
         job.train.epochs,
     )
     path, fs = storage(job.output)
-    board_name = f"glam-train-progress-{uuid.uuid4().hex[:8]}" if sys.stderr.isatty() else None
-    board = train_progress.create_board(board_name) if board_name else None
+    board_name = f"glam-train-progress-{uuid.uuid4().hex[:8]}"
+    board = train_progress.create_board(board_name)
     # mypy sees Ray's V1 signatures; Ray Train V2 (checked above) is what runs.
     trainer = TorchTrainer(
         train_worker,  # type: ignore[arg-type]
@@ -172,10 +177,12 @@ def run_training(job: TrainJob) -> TrainResult:
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=job.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=job.keep_checkpoints),
+            # Ray Train's per-report INFO lines repeat what the progress monitor logs.
+            logging_config=LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": failpoints.armed_env()},
         ),
     )
-    bar = train_progress.ProgressBar(board, record["total_steps"]) if board else None
+    monitor = train_progress.ProgressMonitor(board, record["total_steps"])
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors in its own types
@@ -186,10 +193,8 @@ def run_training(job: TrainJob) -> TrainResult:
             f"{job.output}/{CHECKPOINTS}: re-run the same command to resume"
         ) from e
     finally:
-        if bar is not None:
-            bar.close()
-        if board is not None:
-            ray.kill(board)
+        monitor.close()
+        ray.kill(board)
     if result.checkpoint is None:
         raise TrainingError("training finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:

@@ -1,27 +1,43 @@
-"""The driver's training progress bar, fed by rank 0 through a Ray actor."""
+"""The driver's view of training: rank 0 posts events to a Ray actor; the driver logs each
+one through its own logging (and moves a bar on a terminal)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import ray
 
-from pipeline.train_progress import ProgressBar, create_board, post
+from pipeline.train_progress import ProgressMonitor, create_board, post
 
 from .conftest import wait_until
 
+POINT = {
+    "kind": "log", "step": 24, "epoch": 0, "loss": 3.5, "accuracy": 0.25,
+    "images_per_s_per_worker": [4.0, 6.0], "data_wait_fraction": 0.01,
+}  # fmt: skip
 
-def test_posted_log_points_drive_the_bar(ray_local: str) -> None:
+
+def test_posted_events_become_driver_log_lines_and_bar_steps(ray_local: str, caplog) -> None:
     name = f"board-{uuid.uuid4().hex[:8]}"
     board = create_board(name)
-    post("no-such-board", {"step": 1})  # a missing board is not an error
-    bar = ProgressBar(board, total_steps=40, interval_s=0.05)
-    try:
-        summary = {"step": 24, "loss": 3.5, "accuracy": 0.25, "images_per_s_per_worker": [4, 6]}
-        post(name, summary)
-        wait_until(lambda: bar.bar.n == 24, 30, "the bar to show step 24")
-        assert ray.get(board.read.remote()) == summary
-        assert bar.bar.postfix is not None and "img_s_worker=5.0" in bar.bar.postfix
-    finally:
-        bar.close()
-        ray.kill(board)
+    post("no-such-board", POINT)  # a missing board is not an error
+    post(None, POINT)
+    for event in ({"kind": "resumed", "step": 16}, POINT, {"kind": "checkpoint", "step": 24,
+                  "seconds": 1.25}):  # fmt: skip
+        post(name, event)
+    wait_until(lambda: ray.get(board.pending.remote()) == 3, 30, "three events")
+    with caplog.at_level(logging.INFO, logger="pipeline.train_progress"):
+        ProgressMonitor(board, total_steps=40, interval_s=3600, bar=False).close()
+    assert [r.getMessage() for r in caplog.records] == [
+        "resumed from the checkpoint at step 16",
+        "step 24/40 epoch 0: loss 3.5000, accuracy 0.250, 5.00 images/s per worker (min 4.00), "
+        "data wait 1.0%",
+        "checkpoint at step 24 saved in 1.2s",
+    ]
+    post(name, POINT)
+    wait_until(lambda: ray.get(board.pending.remote()) == 1, 30, "one event")
+    monitor = ProgressMonitor(board, total_steps=40, interval_s=3600, bar=True)
+    monitor.close()
+    assert monitor.bar.n == 24
+    ray.kill(board)
