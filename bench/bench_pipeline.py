@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -134,6 +135,8 @@ def main() -> int:
     for k, v in stages.items():
         print(f"| {k[:-2]} | {v:.2f} | {v / shard_wall:.1%} |")
     print(f"| shard wall | {shard_wall:.2f} | 100% |")
+    if server is None:
+        shutil.rmtree(root)
     return 0
 
 
