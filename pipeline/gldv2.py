@@ -12,12 +12,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from pipeline.progress import Progress
 from pipeline.shard_writer import tar_bytes
 from pipeline.storage import (
     exists,
@@ -117,9 +117,7 @@ def write_shard(
     return len(samples), missing
 
 
-def prepare(
-    spec: PrepareSpec, on_shard: Callable[[int, int], None] | None = None
-) -> dict[str, object]:
+def prepare(spec: PrepareSpec) -> dict[str, object]:
     """Write the shards, label map and manifest; resumable (finished shards are kept) and
     idempotent (a complete dataset with the same parameters is left as it is)."""
     params = {k: v for k, v in asdict(spec).items() if k not in ("output", "threads")}
@@ -150,6 +148,7 @@ def prepare(
 
     counts: dict[str, int] = {}
     missing: list[str] = []
+    progress = Progress(len(chunks))  # a bar on a terminal, periodic log lines otherwise
     with ThreadPoolExecutor(spec.threads, thread_name_prefix="gldv2-read") as pool:
         for index, chunk in enumerate(chunks):
             name = shard_name(index)
@@ -164,8 +163,8 @@ def prepare(
                     f"{len(missing)} of {len(items)} images are missing under {spec.images} "
                     f"(first: {image_uri(spec.images, missing[0])}); is --images right?"
                 )
-            if on_shard is not None:
-                on_shard(index + 1, len(chunks))
+            progress.update({"samples": written, "errors": len(lost)})
+    progress.close()
 
     per_label = np.bincount([label for _, label in items], minlength=len(label_of))
     rows = ["label,landmark_id,images"]
