@@ -18,13 +18,15 @@ def summarize(output: str) -> dict[str, Any]:
     fs, path = filesystem(output)
     descriptors = pads.dataset(join(path, "descriptors"), filesystem=fs, format="parquet")
     errors = pads.dataset(join(path, "errors"), filesystem=fs, format="parquet")
+    table = descriptors.to_table()
+    dim = table.schema.field("descriptor").type.list_size  # 512 for the paper's GLAM
     con = duckdb.connect()
-    con.register("descriptors", descriptors.to_table())
+    con.register("descriptors", table)
     con.register("errors", errors.to_table())
     count, shards = _one(con, "SELECT count(*), count(DISTINCT source) FROM descriptors")
     key, norm = _one(
         con,
-        "SELECT key, sqrt(list_dot_product(descriptor::FLOAT[512], descriptor::FLOAT[512])) "
+        f"SELECT key, sqrt(list_dot_product(descriptor::FLOAT[{dim}], descriptor::FLOAT[{dim}])) "
         "FROM descriptors ORDER BY key LIMIT 1",
     )
     by_type = dict(
@@ -32,6 +34,7 @@ def summarize(output: str) -> dict[str, Any]:
     )
     return {
         "descriptors": count,
+        "dim": dim,
         "shards": shards,
         "first_key": key,
         "first_norm": norm,

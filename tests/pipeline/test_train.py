@@ -27,6 +27,7 @@ from jobs.extract import main as extract_main
 from jobs.prepare_gldv2 import main as prepare_main
 from jobs.train import main as train_main
 from pipeline.evaluate import RankingModel
+from pipeline.inspect import summarize
 from pipeline.revisitop import evaluate_positions, protocol_ground_truth
 from pipeline.shard_writer import write_sharded
 from pipeline.storage import filesystem, read_json
@@ -154,6 +155,9 @@ def test_extract_with_the_checkpoint_gives_the_trained_models_descriptors(
         [preprocess(decode_image(data), SIZE) for _, _, data in samples]
     )
     assert sorted(got) == sorted(key for key, _, _ in samples)
+    summary = summarize(out)  # jobs/inspect_output.py: DuckDB casts to this model's dim
+    assert (summary["dim"], summary["descriptors"]) == (64, len(samples))
+    assert abs(summary["first_norm"] - 1.0) < 1e-5
     for i, (key, _, _) in enumerate(samples):
         torch.testing.assert_close(torch.tensor(got[key]), want[i], rtol=0, atol=2e-5)
 
