@@ -212,3 +212,18 @@ def test_checkpoint_holds_the_whole_training_state(trained: Trained) -> None:
     heads = [k for k in state["model"] if k.startswith("head.")]
     assert heads == ["head.weight"] and state["model"]["head.weight"].shape == (CLASSES, 64)
     assert state["meta"]["world"] == 2
+
+
+def test_worker_death_inside_a_run_restarts_the_group_from_the_checkpoint(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    output = f"s3://{trained.bucket}/runs/worker-died"
+    monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=20")
+    monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
+    args = [*TRAIN_ARGS, "--epochs", "1", "--checkpoint-every", "8", "--max-failures", "1"]
+    assert train_main(["--input", trained.input, "--output", output, *args]) == 0
+    assert (tmp_path / "train_worker_exit_at_step-20.fired").exists()
+    record = read_json(f"{output}/_train.json")
+    assert record["status"] == "succeeded" and record["steps"] == 24
+    (resumed,) = record["resumed_from"]  # one restart, from a checkpoint before step 20
+    assert resumed in (8, 16)
