@@ -9,11 +9,14 @@ Public API::
     descriptors = extractor([x])                                    # (1, 512), unit norm
 """
 
+from glam.arcface import ArcFaceHead, arcface_loss
 from glam.builder import IMAGENET, RANDOM, build_glam
+from glam.classifier import GlamClassifier
 from glam.config import DEFAULT_SCALES, ExtractConfig, GlamConfig
 from glam.extract import GlamExtractor, same_size_batches, select_device
 from glam.model import GLAM
 from glam.preprocess import ImageDecodeError, decode_image, preprocess
+from glam.recipe import AugmentConfig, TrainConfig
 from glam.weights import (
     Checkpoint,
     CheckpointError,
@@ -29,14 +32,19 @@ __all__ = [
     "GLAM",
     "IMAGENET",
     "RANDOM",
+    "ArcFaceHead",
+    "AugmentConfig",
     "Checkpoint",
     "CheckpointError",
     "ExtractConfig",
+    "GlamClassifier",
     "GlamConfig",
     "GlamExtractor",
     "ImageDecodeError",
+    "TrainConfig",
     "WeightsUnavailableError",
     "__version__",
+    "arcface_loss",
     "build_glam",
     "decode_image",
     "load_checkpoint",
