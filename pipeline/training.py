@@ -11,6 +11,7 @@ Run folder (``--output``)::
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -66,6 +67,26 @@ class TrainResult:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# Ray's wrappers around the error a worker raised: not the cause a user can act on.
+_WRAPPERS = ("WorkerGroupError", "TrainingFailedError", "RayTaskError", "ControllerError")
+_ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost ``SomeError: message`` line of a (Ray-wrapped) worker failure, e.g.
+    ``WeightsUnavailableError: ImageNet weights … are not cached``; else the first line."""
+    text = str(error).strip()
+    causes = [
+        f"{m.group(1)}: {m.group(2).strip()}"
+        for line in text.splitlines()
+        if (m := _ERROR_LINE.match(line.strip())) and not m.group(1).startswith(_WRAPPERS)
+    ]
+    if causes:
+        return causes[-1]
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else repr(error)
 
 
 def check_steps(job: TrainJob, dataset: TrainDataset, world: int) -> int:
@@ -186,11 +207,11 @@ def run_training(job: TrainJob) -> TrainResult:
     try:
         result = trainer.fit()
     except Exception as e:  # Ray wraps worker errors in its own types
-        message = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+        message = redact_text(root_cause(e))
         write_json_atomic(summary_uri, {**record, "status": "failed", "error": message[:1000]})
         raise TrainingError(
-            f"training failed ({type(e).__name__}: {message[:300]}); its checkpoints are in "
-            f"{job.output}/{CHECKPOINTS}: re-run the same command to resume"
+            f"training failed: {message[:400]}; checkpoints so far are in "
+            f"{job.output}/{CHECKPOINTS}: re-running the same command resumes from them"
         ) from e
     finally:
         monitor.close()

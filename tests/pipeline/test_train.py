@@ -171,7 +171,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     args = ["--input", trained.input, "--output", output, *TRAIN_ARGS]
     assert train_main(args) == 1
     err = capsys.readouterr().err
-    assert "re-run the same command to resume" in err and "Traceback" not in err
+    assert "re-running the same command resumes" in err and "Traceback" not in err
     assert (tmp_path / "train_worker_exit_at_step-62.fired").exists()
     assert read_json(f"{output}/_train.json")["status"] == "failed"
 
