@@ -32,6 +32,7 @@ import torch
 from bench.common import count_gflop, matmul_peak_gflops
 from glam.arcface import arcface_loss
 from glam.config import GlamConfig
+from glam.extract import autocast
 from glam.recipe import AugmentConfig, TrainConfig, autocast_dtype, build_optimizer
 from pipeline.gldv2 import PrepareSpec, prepare
 from pipeline.synthetic import write_gldv2_miniature
@@ -54,7 +55,7 @@ def bare_step_ips(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             logits, _ = net(x, y)
         loss = arcface_loss(logits.float(), y)
         opt.zero_grad(set_to_none=True)

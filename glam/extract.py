@@ -22,10 +22,13 @@ def select_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[None]:
+    """Autocast to ``dtype`` on ``device``'s type; ``None``: plain fp32 (a no-op context)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -66,7 +69,8 @@ class GlamExtractor:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         total = None
-        with _autocast(self.device, self.config.precision):
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
+        with autocast(self.device, dtype):
             for s in self.config.scales:
                 xs = rescale(x, s).contiguous(memory_format=self.memory_format)
                 d = self.model(xs).float()  # (B, dim), unit norm

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_cluster_arguments, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAISS on the GPU (default: when available)",
     )
     gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
-    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_cluster_arguments(p)
     return p
 
 

@@ -120,8 +120,9 @@ def write_shard(
 def prepare(spec: PrepareSpec) -> dict[str, object]:
     """Write the shards, label map and manifest; resumable (finished shards are kept) and
     idempotent (a complete dataset with the same parameters is left as it is)."""
-    params = {k: v for k, v in asdict(spec).items() if k not in ("output", "threads")}
-    params.pop("max_missing_fraction")
+    # What decides the shards' content (not where they go, nor how fast or how tolerant).
+    ignored = ("output", "threads", "max_missing_fraction")
+    params = {k: v for k, v in asdict(spec).items() if k not in ignored}
     manifest_uri = join(spec.output, DATASET_MANIFEST)
     existing = read_json(manifest_uri)
     if existing is not None:

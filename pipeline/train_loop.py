@@ -9,7 +9,6 @@ resumed run continues exactly where the checkpoint left off.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -26,6 +25,7 @@ from glam.arcface import ArcFaceHead, arcface_loss
 from glam.augment import photometric
 from glam.builder import build_glam
 from glam.classifier import GlamClassifier
+from glam.extract import autocast
 from glam.groups import AspectGroups
 from glam.recipe import autocast_dtype, build_optimizer, learning_rate, set_learning_rate
 from pipeline import failpoints, metrics, train_progress
@@ -115,7 +115,7 @@ class Meter:
         }
 
 
-def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
+def train_worker(payload: dict[str, Any]) -> None:
     """The per-worker training function given to ``TorchTrainer``."""
     job = TrainJob.from_dict(payload["job"])
     dataset = TrainDataset(**payload["dataset"])
@@ -126,7 +126,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(threads)
     cfg = job.train
-    steps_per_epoch = dataset.num_samples // cfg.batch_size
+    steps_per_epoch = int(payload["steps_per_epoch"])  # checked by the driver
     total_steps = steps_per_epoch * cfg.epochs
 
     net = build_classifier(job, dataset.num_classes).to(device)
@@ -134,6 +134,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(net.parameters(), cfg)
     dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    board: str | None = payload.get("progress_board")
     progress = Progress()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -141,9 +142,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             progress = restore(load_state(folder), net, optimizer, scaler)
         log.debug("rank %d resumed from step %d", rank, progress.step)
         if rank == 0:
-            train_progress.post(
-                payload.get("progress_board"), {"kind": "resumed", "step": progress.step}
-            )
+            train_progress.post(board, {"kind": "resumed", "step": progress.step})
     model: nn.Module = ray.train.torch.prepare_model(net, move_to_device=False)
 
     loader = TrainLoader(
@@ -163,9 +162,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
         ),
     )
     meta = {"job": payload["job"], "dataset": payload["dataset"], "world": world}
-    if payload.get("progress_board"):
-        meta["progress_board"] = payload["progress_board"]
-    reporter = Reporter(job, net, optimizer, scaler, device, meta, total_steps)
+    reporter = Reporter(job, net, optimizer, scaler, device, meta, total_steps, board)
     while progress.step < total_steps:
         epoch, start = divmod(progress.step, steps_per_epoch)
         t_wait = time.perf_counter()
@@ -175,12 +172,7 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
             x = photometric(batch.images.to(device, non_blocking=True), batch.factors)
             x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W)
             y = batch.labels.to(device, non_blocking=True)
-            autocast = (
-                torch.autocast(device.type, dtype=dtype)
-                if dtype is not None
-                else contextlib.nullcontext()
-            )
-            with autocast:
+            with autocast(device, dtype):
                 logits, cos = model(x, y)
             loss = arcface_loss(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -194,7 +186,6 @@ def train_worker(payload: dict[str, Any]) -> dict[str, Any]:
                 log.error("failpoint: rank 0 exits at step %d", progress.step)
                 os._exit(1)
             t_wait = time.perf_counter()
-    return {"step": progress.step, "resumed_from": progress.resumed_from}
 
 
 class Reporter:
@@ -211,11 +202,12 @@ class Reporter:
         device: torch.device,
         meta: dict[str, Any],
         total_steps: int,
+        board: str | None,
     ) -> None:
         self.job, self.net, self.optimizer, self.scaler = job, net, optimizer, scaler
         self.device, self.meta, self.total_steps = device, meta, total_steps
         self.rank = ray.train.get_context().get_world_rank()
-        self.board: str | None = meta.get("progress_board")
+        self.board = board  # the driver's progress actor (not saved: it lives for one run)
         self.meter = Meter(device)
 
     def after_step(self, progress: Progress, epoch: int, epoch_end: bool) -> None:

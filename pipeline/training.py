@@ -173,9 +173,8 @@ def run_training(job: TrainJob) -> TrainResult:
     path, fs = storage(job.output)
     board_name = f"glam-train-progress-{uuid.uuid4().hex[:8]}"
     board = train_progress.create_board(board_name)
-    # mypy sees Ray's V1 signatures; Ray Train V2 (checked above) is what runs.
     trainer = TorchTrainer(
-        train_worker,  # type: ignore[arg-type]
+        train_worker,
         train_loop_config={
             "job": job.to_dict(),
             "dataset": {
@@ -183,6 +182,7 @@ def run_training(job: TrainJob) -> TrainResult:
                 "num_classes": dataset.num_classes,
                 "num_samples": dataset.num_samples,
             },
+            "steps_per_epoch": steps_per_epoch,
             "threads": max(1, int(plan.num_cpus)),
             "progress_board": board_name,
         },
@@ -192,6 +192,7 @@ def run_training(job: TrainJob) -> TrainResult:
             use_gpu=plan.use_gpu,
             resources_per_worker={"CPU": plan.num_cpus},
         ),
+        # mypy sees Ray's V1 RunConfig; Ray Train V2 (checked above) is what runs.
         run_config=RunConfig(  # type: ignore[call-arg]
             name=CHECKPOINTS,
             storage_path=path,

@@ -212,6 +212,7 @@ def test_checkpoint_holds_the_whole_training_state(trained: Trained) -> None:
     heads = [k for k in state["model"] if k.startswith("head.")]
     assert heads == ["head.weight"] and state["model"]["head.weight"].shape == (CLASSES, 64)
     assert state["meta"]["world"] == 2
+    assert set(state["meta"]) == {"job", "dataset", "world"}  # nothing run-scoped, e.g. actors
 
 
 def test_worker_death_inside_a_run_restarts_the_group_from_the_checkpoint(
