@@ -29,13 +29,13 @@ import ray
 import torch
 from common import matmul_peak_gflops
 
-from pipeline.descriptor_io import iter_batches, list_descriptor_files
-from pipeline.evaluate import distractor_counter
-from pipeline.index_build import IndexBuildConfig, build_index
-from pipeline.index_search import ShardedIndex
-from pipeline.spec import ExtractionSpec, fingerprint
-from pipeline.storage import join, write_bytes_atomic
-from pipeline.writer import descriptor_table, file_metadata, parquet_bytes
+from pipeline.evaluate.ranking import distractor_counter
+from pipeline.extract.spec import ExtractionSpec, fingerprint
+from pipeline.index.build import IndexBuildConfig, build_index
+from pipeline.index.search import ShardedIndex
+from pipeline.io.descriptor_reader import iter_batches, list_descriptor_files
+from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
+from pipeline.io.storage import join, write_bytes_atomic
 
 DIM = 512
 

@@ -27,11 +27,11 @@ import ray
 import torch
 
 from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
-from pipeline.driver import run_extraction
-from pipeline.layout import marker_uri
-from pipeline.spec import ExtractionJob, ExtractionSpec
-from pipeline.storage import read_bytes, read_json
-from pipeline.synthetic import write_shards
+from pipeline.datasets.synthetic import write_shards
+from pipeline.extract.driver import run_extraction
+from pipeline.extract.spec import ExtractionJob, ExtractionSpec
+from pipeline.io.layout import marker_uri
+from pipeline.io.storage import read_bytes, read_json
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Training throughput: images/s per worker of the whole Ray Train job against the bare
 training step, in one run.
 
-Generates a GLDv2-style dataset, prepares shards with pipeline.gldv2, measures the bare
+Generates a GLDv2-style dataset, prepares shards with pipeline.datasets.gldv2, measures the bare
 training step (forward + ArcFace + backward + SGD) on pre-decoded batches with the threads one
 worker gets, then runs the real job (TorchTrainer, DDP over gloo, streaming reader, group-size
 batches, augmentation on decode threads, checkpoints) and prints per-worker images/s, the
@@ -34,11 +34,11 @@ from glam.arcface import arcface_loss
 from glam.config import GlamConfig
 from glam.extract import autocast
 from glam.recipe import AugmentConfig, TrainConfig, autocast_dtype, build_optimizer
-from pipeline.gldv2 import PrepareSpec, prepare
-from pipeline.synthetic import write_gldv2_miniature
-from pipeline.train_loop import build_classifier
-from pipeline.train_spec import TrainJob
-from pipeline.training import run_training
+from pipeline.datasets.gldv2 import PrepareSpec, prepare
+from pipeline.datasets.synthetic import write_gldv2_miniature
+from pipeline.train.driver import run_training
+from pipeline.train.spec import TrainJob
+from pipeline.train.worker import build_classifier
 
 
 def bare_step_ips(

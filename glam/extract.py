@@ -10,8 +10,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as Fn
 
+from glam.batchnorm_fold import fold_batchnorm
 from glam.config import ExtractConfig
-from glam.fuse import fold_batchnorm
 from glam.model import GLAM
 
 

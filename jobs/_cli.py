@@ -14,7 +14,7 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from pipeline.redact import RedactingFilter
+    from pipeline.io.redact import RedactingFilter
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
@@ -31,7 +31,7 @@ def run_main(main: Callable[[], int]) -> int:
         return 130
     except (ValueError, OSError, RuntimeError, ConnectionError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        from pipeline.redact import redact_text
+        from pipeline.io.redact import redact_text
 
         print(redact_text(f"error: {type(e).__name__}: {message}"), file=sys.stderr)
         return 1

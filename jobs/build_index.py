@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.cluster import connect
-        from pipeline.index_build import IndexBuildConfig, build_index
+        from pipeline.index.build import IndexBuildConfig, build_index
+        from pipeline.runtime.cluster import connect
 
         cfg = IndexBuildConfig(
             factory=args.factory,

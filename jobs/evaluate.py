@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.evaluate import evaluate, markdown
-        from pipeline.storage import write_bytes_atomic
+        from pipeline.evaluate.report import evaluate, markdown
+        from pipeline.io.storage import write_bytes_atomic
 
         report = evaluate(args.gnd, args.queries, args.database, args.distractors, args.approx_k)
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")

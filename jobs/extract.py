@@ -92,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.cluster import connect
-        from pipeline.driver import run_extraction
-        from pipeline.spec import ExtractionJob, ExtractionSpec
+        from pipeline.extract.driver import run_extraction
+        from pipeline.extract.spec import ExtractionJob, ExtractionSpec
+        from pipeline.runtime.cluster import connect
 
         spec_kw = {
             "weights": args.weights,
@@ -115,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.ray_address)
         result = run_extraction(job)
         print(result.summary())
-        from pipeline.redact import redact_text
+        from pipeline.io.redact import redact_text
 
         for failed in result.failed:
-            line = f"failed shard: {failed['shard']}: {failed['error']}"
+            line = f"failed shard: {failed.shard}: {failed.error}"
             print(redact_text(line), file=sys.stderr)
         return 0 if result.succeeded else 1
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,9 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.inspect import summarize
+        from pipeline.extract.summary import summarize
 
-        print(json.dumps(summarize(args.output), indent=2))
+        print(json.dumps(asdict(summarize(args.output)), indent=2))
         return 0
 
     return run_main(run)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.synthetic import BAD_KINDS, ODD_MODES, write_shards
+        from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, write_shards
 
         bad = tuple(BAD_KINDS) if args.bad else ()
         odd = ODD_MODES if args.bad else ()

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.gldv2 import PrepareSpec, prepare
+        from pipeline.datasets.gldv2 import PrepareSpec, prepare
 
         spec = PrepareSpec(
             csv=args.csv,

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.revisitop_prep import prepare_dataset, prepare_distractors
+        from pipeline.datasets.revisitop import prepare_dataset, prepare_distractors
 
         if args.dataset == "revisitop1m":
             counts = prepare_distractors(args.root, args.output, args.shard_size)

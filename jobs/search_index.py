@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
-        from pipeline.descriptor_io import read_descriptors
-        from pipeline.index_search import ShardedIndex
+        from pipeline.index.search import ShardedIndex
+        from pipeline.io.descriptor_reader import read_descriptors
 
         keys, x, _ = read_descriptors(args.descriptors)
         rows = {k: i for i, k in enumerate(keys)}

@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from glam.config import GlamConfig
         from glam.recipe import TrainConfig
-        from pipeline.train_spec import TrainJob
-        from pipeline.training import run_training
+        from pipeline.train.driver import run_training
+        from pipeline.train.spec import TrainJob
 
         recipe = {
             "epochs": args.epochs,
@@ -191,11 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = run_training(job)
         state = "already trained" if result.skipped else f"trained {result.steps} steps"
-        final = result.final
-        print(
-            f"{state}: loss {final.get('loss', float('nan')):.4f}, accuracy "
-            f"{final.get('accuracy', float('nan')):.3f}; model {result.model_uri}"
+        loss, accuracy = (
+            (result.final.loss, result.final.accuracy) if result.final else (float("nan"),) * 2
         )
+        print(f"{state}: loss {loss:.4f}, accuracy {accuracy:.3f}; model {result.model_uri}")
         return 0
 
     return run_main(run)

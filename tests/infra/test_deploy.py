@@ -485,11 +485,11 @@ def test_no_credentials_in_deployment_files(path: Path) -> None:
 
 
 def test_grafana_dashboard_queries_the_exported_metrics() -> None:
-    from pipeline import metrics
+    from pipeline.runtime import metrics
 
     dashboard = json.loads((REPO / "infra" / "grafana" / "glam-dashboard.json").read_text())
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    source = (REPO / "pipeline" / "metrics.py").read_text()
+    source = (REPO / "pipeline" / "runtime" / "metrics.py").read_text()
     for name in re.findall(r'"(glam_[a-z_]+)"', source):
         assert f"ray_{name}" in exprs, name
     assert metrics is not None

@@ -1,0 +1,96 @@
+"""What a shard's processing reports: its ``ShardStats`` (the body of its commit marker), the
+job's totals over them, and their metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from pipeline.runtime import metrics
+
+ShardStatus = Literal["committed", "failed"]
+STAGES = ("read", "decode", "infer", "write")
+
+
+@dataclass
+class ShardStats:
+    shard: str  # shard id, e.g. "000123"
+    source: str  # shard URI
+    status: ShardStatus = "committed"
+    samples: int = 0  # ok + errors: every sample of the shard
+    ok: int = 0  # descriptors written
+    errors: int = 0  # error rows written
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0  # shard bytes streamed
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    write_s: float = 0.0
+    wall_s: float = 0.0
+    attempts: int = 0
+    error: str = ""  # why a failed shard failed
+    worker: str = ""
+
+    @property
+    def committed(self) -> bool:
+        return self.status == "committed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardStats:
+        """Stats from a commit marker (extra keys such as the fingerprint are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class FailedShard:
+    shard: str  # shard URI
+    error: str
+
+
+@dataclass
+class ShardTotals:
+    """Totals over committed shards, for ``_job.json``."""
+
+    committed_shards: int = 0
+    samples: int = 0
+    ok: int = 0
+    errors: int = 0
+    bytes: int = 0
+    read_s: float = 0.0
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    write_s: float = 0.0
+
+    @classmethod
+    def over(cls, shards: list[ShardStats]) -> ShardTotals:
+        totals = cls()
+        for s in shards:
+            if not s.committed:
+                continue
+            totals.committed_shards += 1
+            totals.samples += s.samples
+            totals.ok += s.ok
+            totals.errors += s.errors
+            totals.bytes += s.bytes
+            for stage in STAGES:
+                name = f"{stage}_s"
+                setattr(totals, name, getattr(totals, name) + getattr(s, name))
+        return totals
+
+
+def publish(stats: ShardStats) -> None:
+    """Count one finished shard in the Ray metrics."""
+    metrics.inc("shards", 1, tags={"status": stats.status})
+    if not stats.committed:
+        return
+    metrics.inc("images", stats.samples)
+    metrics.inc("descriptors", stats.ok)
+    metrics.inc("bytes", stats.bytes)
+    for kind, n in stats.errors_by_type.items():
+        metrics.inc("errors", n, tags={"type": kind})
+    for stage in STAGES:
+        metrics.inc("stage", getattr(stats, f"{stage}_s"), tags={"stage": stage})

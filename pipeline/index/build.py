@@ -1,0 +1,265 @@
+"""Sharded FAISS index builds from descriptor Parquet, as immutable versions behind a LATEST
+pointer.
+
+OUTPUT/<version>/shard-00000.faiss, ids-00000.parquet (position -> id, key, source), …,
+manifest.json (written after every shard), then OUTPUT/LATEST (the version name) moves: a reader
+that follows LATEST never sees a half-built version. Builds whose inputs and configuration are
+unchanged since LATEST are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import ray
+
+from pipeline.index.versions import (
+    LATEST,
+    IndexInput,
+    IndexManifest,
+    prune_versions,
+    read_latest,
+    write_manifest,
+)
+from pipeline.io.descriptor_reader import (
+    DescriptorFile,
+    check_same_model,
+    iter_batches,
+    list_descriptor_files,
+)
+from pipeline.io.descriptor_writer import parquet_bytes
+from pipeline.io.storage import join, upload_file_atomic, write_bytes_atomic
+from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.records import check_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexBuildConfig:
+    # A FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, OPQ32,IVF1024,PQ32x4fs, …
+    factory: str = "Flat"
+    shards: int = 1
+    # Vectors sampled uniformly at random across all input files to train the index.
+    train_size: int = 100_000
+    seed: int = 0
+    # Versions kept (LATEST included); older ones are deleted after a successful build.
+    retention: int = 3
+    # Rows per streamed batch while adding.
+    batch_rows: int = 65536
+    # None: FAISS on the GPU when faiss has GPU support and a GPU is visible.
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards <= 0 or self.train_size <= 0 or self.retention <= 0:
+            raise ValueError("shards, train size and retention must be positive")
+        try:
+            faiss.index_factory(
+                8 if "PQ" not in self.factory else 64, self.factory, faiss.METRIC_INNER_PRODUCT
+            )
+        except RuntimeError as e:
+            raise ValueError(f"not a FAISS index_factory string: {self.factory!r}") from e
+
+
+@dataclass
+class BuildResult:
+    version: str
+    up_to_date: bool
+    vectors: int = 0
+    shard_counts: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def signature(files: list[DescriptorFile], cfg: IndexBuildConfig) -> str:
+    """What a version is a function of: the input files (URI, size, ETag) and the config."""
+    payload = {
+        "files": [[f.uri, f.size, f.etag] for f in files],
+        "factory": cfg.factory,
+        "shards": cfg.shards,
+        "train_size": cfg.train_size,
+        "seed": cfg.seed,
+        "metric": "inner_product",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
+    """File indices per index shard, balancing rows greedily (largest file first)."""
+    load = [0] * shards
+    out: list[list[int]] = [[] for _ in range(shards)]
+    for i in sorted(range(len(files)), key=lambda i: (-files[i].rows, i)):
+        s = min(range(shards), key=lambda s: (load[s], s))
+        out[s].append(i)
+        load[s] += files[i].rows
+    return [sorted(x) for x in out]
+
+
+def sample_training_vectors(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
+    """``n`` vectors drawn uniformly without replacement across all files (not a prefix)."""
+    total = sum(f.rows for f in files)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    out, start = [], 0
+    for f in files:
+        local = chosen[(chosen >= start) & (chosen < start + f.rows)] - start
+        if len(local):
+            offset = 0
+            for _, _, x in iter_batches(f.uri):
+                sel = local[(local >= offset) & (local < offset + len(x))] - offset
+                if len(sel):
+                    out.append(x[sel])
+                offset += len(x)
+        start += f.rows
+    return np.concatenate(out)
+
+
+def _gpu_available(use_gpu: bool | None) -> bool:
+    has = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if use_gpu and not has:
+        raise ValueError("--gpu asked for, but faiss has no GPU support or sees no GPU")
+    return has if use_gpu is None else bool(use_gpu)
+
+
+def _new_index(dim: int, cfg: IndexBuildConfig, trained: bytes | None) -> faiss.Index:
+    if trained is not None:
+        return faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    return faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
+
+
+def build_shard(
+    shard: int,
+    files: list[tuple[str, int]],
+    dim: int,
+    cfg: IndexBuildConfig,
+    trained: bytes | None,
+    version_dir: str,
+) -> int:
+    """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table."""
+    index = _new_index(dim, cfg, trained)
+    gpu = _gpu_available(cfg.use_gpu)
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    ids, keys, sources = [], [], []
+    for uri, first_id in files:
+        offset = first_id
+        for k, s, x in iter_batches(uri, cfg.batch_rows):
+            index.add(x)
+            ids.append(np.arange(offset, offset + len(k), dtype=np.int64))
+            keys.extend(k)
+            sources.extend(s)
+            offset += len(k)
+    if gpu:
+        index = faiss.index_gpu_to_cpu(index)
+    table = pa.table(
+        {
+            "id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
+            "key": pa.array(keys, pa.string()),
+            "source": pa.array(sources, pa.string()),
+        }
+    )
+    write_bytes_atomic(join(version_dir, f"ids-{shard:05d}.parquet"), parquet_bytes(table))
+    # Written to a local file by FAISS, then moved/uploaded: no in-memory serialised copy.
+    fd, local = tempfile.mkstemp(suffix=".faiss")
+    os.close(fd)
+    faiss.write_index(index, local)
+    count = int(index.ntotal)
+    del index
+    upload_file_atomic(local, join(version_dir, f"shard-{shard:05d}.faiss"))
+    return count
+
+
+def build_index(
+    descriptors: str, output: str, cfg: IndexBuildConfig, force: bool = False
+) -> BuildResult:
+    """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
+    cluster), unless nothing changed since LATEST and ``force`` is False."""
+    t0 = time.monotonic()
+    files = list_descriptor_files(descriptors)
+    identity = check_same_model(files)
+    sig = signature(files, cfg)
+    latest = read_latest(output)
+    if latest and not force:
+        version, manifest = latest
+        if manifest.signature == sig:
+            log.info("index %s is up to date (version %s)", output, version)
+            return BuildResult(version, True, manifest.count, manifest.shard_counts)
+        check_fingerprint(
+            f"the index at {output} (its descriptors)",
+            manifest.descriptor_model,
+            identity,
+            f"{descriptors} cannot join it: build it into a new --output",
+        )
+    dim = files[0].dim
+    version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{sig[:8]}"
+    version_dir = join(output, version)
+    trained = None
+    probe = faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
+    if not probe.is_trained:
+        sample = sample_training_vectors(files, cfg.train_size, cfg.seed)
+        log.info(
+            "training %s on %d vectors sampled across %d files",
+            cfg.factory,
+            len(sample),
+            len(files),
+        )
+        if _gpu_available(cfg.use_gpu):
+            gpu_probe = faiss.index_cpu_to_all_gpus(probe)
+            gpu_probe.train(sample)
+            probe = faiss.index_gpu_to_cpu(gpu_probe)
+        else:
+            probe.train(sample)
+        trained = faiss.serialize_index(probe).tobytes()
+    first_ids = np.concatenate([[0], np.cumsum([f.rows for f in files])[:-1]]).astype(int)
+    plan = assign_files(files, cfg.shards)
+    task = ray.remote(num_cpus=1)(build_shard)
+    trained_ref = ray.put(trained)
+    refs = [
+        task.remote(
+            s, [(files[i].uri, int(first_ids[i])) for i in idx], dim, cfg, trained_ref, version_dir
+        )
+        for s, idx in enumerate(plan)
+    ]
+    counts = []
+    for s, ref in enumerate(refs):
+        counts.append(ray.get(ref))
+        if failpoints.trigger("index_crash_after_shards", str(s + 1)):
+            os._exit(1)  # a crash after some shards, before the manifest and LATEST
+    manifest = IndexManifest(
+        version=version,
+        signature=sig,
+        factory=cfg.factory,
+        dim=dim,
+        metric="inner_product",
+        shards=cfg.shards,
+        shard_counts=counts,
+        count=sum(counts),
+        config=asdict(cfg),
+        inputs=[IndexInput(f.uri, f.size, f.etag, f.rows) for f in files],
+        descriptor_model=identity,
+        created_at=datetime.now(UTC).isoformat(),
+        faiss=faiss.__version__,
+    )
+    write_manifest(output, manifest)
+    write_bytes_atomic(join(output, LATEST), version.encode())  # the commit point
+    prune_versions(output, cfg.retention, keep=version)
+    result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0)
+    metrics.set_gauge("vectors", result.vectors)
+    metrics.set_gauge("build", result.seconds)
+    metrics.set_gauge("version", time.time())
+    log.info(
+        "built %s: %d vectors in %d shards (%.1fs)",
+        version,
+        result.vectors,
+        len(counts),
+        result.seconds,
+    )
+    return result

@@ -1,0 +1,103 @@
+"""Index versions on storage: ``OUTPUT/<version>/`` folders with their ``manifest.json``, the
+``LATEST`` pointer, listing and retention. The read side of an index: no Ray, no FAISS.
+
+A version is complete once its manifest exists (written after every shard); LATEST moves to it
+after that, so a reader that follows LATEST never sees a half-built version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from pipeline.io.storage import filesystem, join, read_bytes, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+LATEST = "LATEST"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class IndexInput:
+    """One descriptor file a version was built from."""
+
+    uri: str
+    size: int
+    etag: str  # changes when the file changes
+    rows: int
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What a version holds and how it was made (``<version>/manifest.json``)."""
+
+    version: str
+    signature: str  # of the inputs and the build configuration
+    factory: str  # FAISS index_factory string
+    dim: int
+    metric: str
+    shards: int
+    shard_counts: list[int]
+    count: int
+    config: dict[str, Any]  # the IndexBuildConfig
+    inputs: list[IndexInput]
+    descriptor_model: dict[str, str]  # the descriptors' model identity (Parquet metadata)
+    created_at: str
+    faiss: str  # FAISS version
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of newer writers, kept
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        return {**extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IndexManifest:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["inputs"] = [IndexInput(**i) for i in kw.get("inputs", [])]
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
+
+
+def read_manifest(output: str, version: str) -> IndexManifest:
+    return IndexManifest.from_dict(json.loads(read_bytes(join(output, version, MANIFEST))))
+
+
+def write_manifest(output: str, manifest: IndexManifest) -> None:
+    write_json_atomic(join(output, manifest.version, MANIFEST), manifest.to_dict())
+
+
+def read_latest(output: str) -> tuple[str, IndexManifest] | None:
+    """(version, manifest) that LATEST points to, or None."""
+    try:
+        version = read_bytes(join(output, LATEST)).decode().strip()
+    except FileNotFoundError:
+        return None
+    return version, read_manifest(output, version)
+
+
+def list_versions(output: str) -> list[str]:
+    fs, path = filesystem(output)
+    fs.invalidate_cache(path)  # another process may have built or pruned since
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e["name"].rstrip("/").rsplit("/", 1)[1] for e in entries if e["type"] == "directory"
+    )
+
+
+def prune_versions(output: str, retention: int, keep: str) -> None:
+    """Delete the oldest versions beyond ``retention`` (and abandoned incomplete ones)."""
+    fs, path = filesystem(output)
+    versions = [v for v in list_versions(output) if v != keep]
+    complete = [v for v in versions if fs.exists(join(path, v, MANIFEST))]
+    doomed = [v for v in versions if v not in complete]
+    doomed += complete[: max(0, len(complete) - (retention - 1))]
+    for v in doomed:
+        log.info("deleting old index version %s", v)
+        fs.rm(join(path, v), recursive=True)

@@ -1,0 +1,137 @@
+"""Reading descriptor Parquet: committed files of an extraction output, or every Parquet file of
+a plain folder written by another tool; streaming in row-group batches; one model only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io.layout import descriptors_uri
+from pipeline.io.storage import filesystem, join, read_json, unstrip
+
+# Metadata keys that identify the descriptor space: files that differ in any cannot be mixed.
+MODEL_KEYS = (
+    "model",
+    "weights_sha256",
+    "backbone",
+    "glam_config",
+    "scales",
+    "image_size",
+    "precision",
+    "descriptor_dim",
+)
+
+
+@dataclass(frozen=True)
+class DescriptorFile:
+    uri: str
+    size: int
+    etag: str  # ETag on object stores, mtime locally: changes when the file changes
+    rows: int
+    dim: int
+    metadata: dict[str, str]
+
+    def identity(self) -> dict[str, str]:
+        return {k: self.metadata[k] for k in MODEL_KEYS if k in self.metadata}
+
+
+def _describe(uri: str) -> DescriptorFile:
+    fs, path = filesystem(uri)
+    info = fs.info(path)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        schema = pf.schema_arrow
+        rows = pf.metadata.num_rows
+    if "descriptor" not in schema.names or "key" not in schema.names:
+        raise ValueError(f"{uri} has no 'key' and 'descriptor' columns: not a descriptor file")
+    dtype = schema.field("descriptor").type
+    if not pa.types.is_fixed_size_list(dtype) or not pa.types.is_floating(dtype.value_type):
+        raise ValueError(f"{uri}: 'descriptor' must be fixed_size_list<float>, found {dtype}")
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    etag = str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
+    return DescriptorFile(uri, int(info.get("size") or 0), etag, rows, dtype.list_size, meta)
+
+
+def list_descriptor_files(folder: str) -> list[DescriptorFile]:
+    """Committed files when ``folder`` is an extraction output (it has ``_shards/`` markers);
+    else every ``*.parquet`` below it (hidden and ``_``-prefixed names skipped). Sorted."""
+    fs, path = filesystem(folder)
+    markers = sorted(fs.glob(join(path, "_shards", "*.json")))
+    if markers:
+        uris = []
+        for m in markers:
+            shard = m.rsplit("/", 1)[1][: -len(".json")]
+            record = read_json(unstrip(fs, m, folder))
+            if record and record.get("status", "committed") == "committed":
+                uris.append(descriptors_uri(folder, shard))
+    else:
+        found = sorted(fs.glob(join(path, "**", "*.parquet")))
+        uris = [
+            unstrip(fs, p, folder)
+            for p in found
+            if not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/") if part)
+        ]
+    if not uris:
+        raise ValueError(f"no descriptor Parquet files in {folder}")
+    return [_describe(u) for u in uris]
+
+
+def check_same_model(files: list[DescriptorFile]) -> dict[str, str]:
+    """The shared model identity of ``files``; refuse files of different models/configs."""
+    first = files[0]
+    for f in files[1:]:
+        if f.dim != first.dim or f.identity() != first.identity():
+            a, b = first.identity(), f.identity()
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(
+                f"{f.uri} and {first.uri} hold descriptors of different models or "
+                f"configurations (differ in: {', '.join(diff) or 'dim'}); refusing to mix them"
+            )
+    return first.identity()
+
+
+def to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_list<float> column -> (N, d) float32."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    dim = arr.type.list_size
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
+
+
+def iter_batches(
+    uri: str, batch_rows: int = 65536
+) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """(keys, sources, descriptors (n, d)) per row-group batch, streamed from ``uri``."""
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        columns = ["key", "descriptor"] + (["source"] if "source" in pf.schema_arrow.names else [])
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            keys = batch.column("key").to_pylist()
+            sources = (
+                batch.column("source").to_pylist() if "source" in columns else [uri] * len(keys)
+            )
+            yield keys, sources, to_matrix(batch.column("descriptor"))
+
+
+def read_descriptors(folder: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
+    """All (keys, descriptors (N, d), model identity) of ``folder``; keys must be unique."""
+    files = list_descriptor_files(folder)
+    identity = check_same_model(files)
+    keys: list[str] = []
+    blocks = []
+    for f in files:
+        for k, _, x in iter_batches(f.uri):
+            keys.extend(k)
+            blocks.append(x)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{folder} holds duplicate keys")
+    return (
+        keys,
+        np.concatenate(blocks) if blocks else np.zeros((0, files[0].dim), np.float32),
+        identity,
+    )

@@ -1,0 +1,164 @@
+"""The shard worker without Ray: output contract, equality with the model, retries."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from moto.server import ThreadedMotoServer
+
+from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
+from pipeline.extract.spec import ExtractionSpec
+from pipeline.extract.worker import ShardWorker
+from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
+from pipeline.io.storage import exists, filesystem, read_bytes, write_bytes_atomic
+from tests.support.extraction import IMAGE_SIZE, expected_keys
+from tests.support.waiting import free_port
+
+SPEC = ExtractionSpec(image_size=IMAGE_SIZE, batch_size=3, retry_backoff_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def worker() -> ShardWorker:
+    return ShardWorker(SPEC, device="cpu", name="test")
+
+
+def read_table(uri: str):
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def test_shard_output_contract(worker: ShardWorker, shards: list[str]) -> None:
+    out = shards[0].rsplit("/", 2)[0] + "/run"
+    stats = worker.process(shards[1], out)
+    assert stats.status == "committed" and stats.attempts == 1
+    ok, bad = expected_keys(1)
+    desc = read_table(descriptors_uri(out, "000001"))
+    errs = read_table(errors_uri(out, "000001"))
+    # Every sample in exactly one of the two files.
+    assert sorted(desc["key"].to_pylist()) == sorted(ok)
+    assert dict(zip(errs["key"].to_pylist(), errs["error"].to_pylist(), strict=True)) == bad
+    assert stats.samples == len(ok) + len(bad) and stats.ok == len(ok)
+    assert set(desc["source"].to_pylist()) == {shards[1]}
+    # Schema and metadata of ARCHITECTURE.md.
+    dtype = desc.schema.field("descriptor").type
+    assert pa.types.is_fixed_size_list(dtype) and dtype.list_size == 512
+    assert dtype.value_type == pa.float32()
+    assert not desc.schema.field("key").nullable
+    meta = {k.decode(): v.decode() for k, v in desc.schema.metadata.items()}
+    for key in (
+        "model",
+        "weights_sha256",
+        "backbone",
+        "scales",
+        "image_size",
+        "descriptor_dim",
+        "precision",
+        "package_version",
+    ):
+        assert meta[key]
+    assert meta["weights_sha256"] == worker.fingerprint["weights_sha256"]
+    assert json.loads(meta["scales"]) == pytest.approx([0.70710678, 1.0, 1.41421356])
+    vectors = np.stack(desc["descriptor"].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    marker = json.loads(read_bytes(marker_uri(out, "000001")))
+    assert marker["ok"] == len(ok) and marker["bytes"] > 0 and marker["infer_s"] > 0
+
+
+def test_pipeline_descriptor_equals_the_models_own(worker: ShardWorker, shards: list[str]) -> None:
+    out = shards[0].rsplit("/", 2)[0] + "/run"
+    worker.process(shards[0], out)
+    desc = read_table(descriptors_uri(out, "000000")).to_pylist()
+    by_key = {r["key"]: np.asarray(r["descriptor"], np.float32) for r in desc}
+    members = {}
+    with tarfile.open(fileobj=io.BytesIO(read_bytes(shards[0]))) as tar:
+        for m in tar.getmembers():
+            members[m.name] = tar.extractfile(m).read()
+    model = build_glam(seed=SPEC.seed)
+    extractor = GlamExtractor(model, ExtractConfig(image_size=IMAGE_SIZE))
+    for key in ("s000000_00000", "s000000_00001", "s000000_mode_CMYK"):
+        name = next(n for n in members if n.startswith(key + ".") and n[-3:] in ("jpg", "png"))
+        img = decode_image(members[name])
+        mine = extractor([preprocess(img, IMAGE_SIZE)])[0].numpy()
+        np.testing.assert_allclose(by_key[key], mine, rtol=1e-4, atol=1e-5)
+        assert by_key[key] @ mine > 0.99999
+
+
+def test_duckdb_reads_the_output(worker: ShardWorker, shards: list[str], tmp_path) -> None:
+    out = shards[0].rsplit("/", 2)[0] + "/run"
+    worker.process(shards[2], out)
+    local = tmp_path / "part.parquet"
+    local.write_bytes(read_bytes(descriptors_uri(out, "000002")))
+    con = duckdb.connect()
+    con.execute("CREATE TABLE d AS SELECT * FROM read_parquet($1)", [str(local)])
+    n, norm = con.execute(
+        "SELECT count(*), max(abs(sqrt(list_dot_product(descriptor::FLOAT[512], "
+        "descriptor::FLOAT[512])) - 1)) FROM d"
+    ).fetchone()
+    assert n == len(expected_keys(2)[0]) and norm < 1e-5
+
+
+def test_unreadable_shards_fail_after_retries(worker: ShardWorker, s3_bucket: str) -> None:
+    out = f"s3://{s3_bucket}/run"
+    corrupt = f"s3://{s3_bucket}/shards/000007.tar"
+    write_bytes_atomic(corrupt, b"\x00not a tar" * 200)
+    retries: list[int] = []
+    worker.on_retry = lambda shard, attempt, error: retries.append(attempt)
+    try:
+        for uri in (corrupt, f"s3://{s3_bucket}/shards/000404.tar"):
+            retries.clear()
+            stats = worker.process(uri, out)
+            assert stats.status == "failed" and stats.error
+            assert retries == [1, 2]
+            sid = uri.rsplit("/", 1)[1][:-4]
+            assert not exists(marker_uri(out, sid)) and not exists(descriptors_uri(out, sid))
+    finally:
+        worker.on_retry = None
+
+
+@pytest.mark.slow  # its own S3 server, stopped and restarted
+def test_s3_endpoint_restart_mid_run_is_retried(monkeypatch, tmp_path) -> None:
+    """The endpoint goes away before the read; the retry hook brings it back: committed."""
+    import boto3
+    import s3fs
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="restart")
+    from pipeline.datasets.synthetic import write_shards
+
+    (shard,) = write_shards("s3://restart/shards", 1, 4, size=(80, 60))
+    server.stop()  # the endpoint is down when the worker starts reading
+    restarted = []
+
+    def restart(uri: str, attempt: int, error: str) -> None:
+        new = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        new.start()
+        restarted.append(new)
+
+    spec = ExtractionSpec(image_size=IMAGE_SIZE, retry_backoff_s=0.0, shard_attempts=3)
+    w = ShardWorker(spec, device="cpu", on_retry=restart)
+    try:
+        stats = w.process(shard, "s3://restart/run")
+        assert stats.status == "committed" and stats.attempts == 2
+        assert len(restarted) == 1 and stats.ok == 4
+        assert torch.tensor(read_table(descriptors_uri("s3://restart/run", "000000")).num_rows) == 4
+    finally:
+        for s in restarted:
+            s.stop()
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (plain functions; fixtures live in the conftest files)."""

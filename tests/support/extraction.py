@@ -1,0 +1,68 @@
+"""Generated shards' expected contents, the extract command line, and output checks."""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow.dataset as ds
+
+from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES
+from pipeline.io.storage import filesystem
+
+from .paths import REPO
+
+IMAGE_SIZE = 64
+
+
+def shard_pattern(shard_uris: list[str]) -> str:
+    folder = shard_uris[0].rsplit("/", 1)[0]
+    return f"{folder}/{{000000..{len(shard_uris) - 1:06d}}}.tar"
+
+
+def extract_command(shard_uris: list[str], output: str, *extra: str) -> list[str]:
+    """``python jobs/extract.py`` over the generated shards at the tests' image size."""
+    return [
+        sys.executable,
+        str(REPO / "jobs" / "extract.py"),
+        "--input",
+        shard_pattern(shard_uris),
+        "--output",
+        output,
+        "--image-size",
+        str(IMAGE_SIZE),
+        *extra,
+    ]
+
+
+def expected_keys(shard: int, n_images: int = 5) -> tuple[set[str], dict[str, str]]:
+    """(keys that must get a descriptor, key -> error type) of a generated shard."""
+    ok = {f"s{shard:06d}_{i:05d}" for i in range(n_images)}
+    ok |= {f"s{shard:06d}_mode_{m.replace(';', '')}" for m in ODD_MODES}
+    bad = {f"s{shard:06d}_bad_{k}": v for k, v in BAD_KINDS.items()}
+    return ok, bad
+
+
+def output_listing(output: str) -> dict[str, object]:
+    """Every object under ``output`` with its ETag/mtime: equal listings = nothing written."""
+    fs, path = filesystem(output)
+    fs.invalidate_cache()
+    return {
+        p: info.get("ETag") or info.get("LastModified") or info.get("mtime")
+        for p, info in fs.find(path, detail=True).items()
+    }
+
+
+def assert_exactly_once(output: str, n_shards: int) -> None:
+    fs, path = filesystem(output)
+    fs.invalidate_cache()
+    desc = ds.dataset(f"{path}/descriptors", filesystem=fs, format="parquet").to_table()
+    errs = ds.dataset(f"{path}/errors", filesystem=fs, format="parquet").to_table()
+    ok = set().union(*(expected_keys(s)[0] for s in range(n_shards)))
+    bad = {}
+    for s in range(n_shards):
+        bad.update(expected_keys(s)[1])
+    keys = desc["key"].to_pylist()
+    assert len(keys) == len(set(keys)), "duplicate descriptors"
+    assert set(keys) == ok
+    assert dict(zip(errs["key"].to_pylist(), errs["error"].to_pylist(), strict=True)) == bad
+    assert errs.num_rows == len(bad)
