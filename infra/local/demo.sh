@@ -29,7 +29,7 @@ echo "--- the output, read back through DuckDB:"
 echo "--- revisitop on a generated miniature: prepare -> extract -> R1M-style index -> evaluate"
 RAY_GCS=127.0.0.1:${RAY_PORT:-6390}
 MINI="s3://$BUCKET/revisitop"
-"$PY" -c "from pipeline.synthetic import write_revisitop_miniature as w; w('$MINI/data', classes=4, per_class=4, distractors=12)"
+"$PY" -c "from pipeline.datasets.synthetic import write_revisitop_miniature as w; w('$MINI/data', classes=4, per_class=4, distractors=12)"
 "$PY" jobs/prepare_revisitop.py --root "$MINI/data" --dataset roxford5k --output "$MINI/shards/roxf"
 "$PY" jobs/prepare_revisitop.py --root "$MINI/data" --dataset revisitop1m --output "$MINI/shards/r1m"
 for part in roxf/database roxf/queries r1m/distractors; do
@@ -45,7 +45,7 @@ echo "report: $STATE_DIR/report.json, $STATE_DIR/report.md"
 
 echo "--- training on a generated GLDv2-style miniature: prepare -> ray job submit train.py -> extract"
 GLD="s3://$BUCKET/gldv2"
-"$PY" -c "from pipeline.synthetic import write_gldv2_miniature as w; w('$GLD/raw', classes=4, per_class=24)"
+"$PY" -c "from pipeline.datasets.synthetic import write_gldv2_miniature as w; w('$GLD/raw', classes=4, per_class=24)"
 "$PY" jobs/prepare_gldv2.py --csv "$GLD/raw/train_clean.csv" --images "$GLD/raw/train" \
     --output "$GLD/shards" --shard-size 24
 "$VENV/bin/ray" job submit --address "$RAY_ADDRESS" -- \

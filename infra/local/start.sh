@@ -37,7 +37,7 @@ for _ in $(seq 1 300); do
     up "http://127.0.0.1:$S3_PORT/" && s3=1
     up "http://127.0.0.1:$DASHBOARD_PORT/api/version" && dash=1
     if [ $s3 = 1 ] && [ $dash = 1 ]; then
-        "$VENV/bin/python" -c 'import sys; from pipeline.cluster import wait_for_job_submission as w; w(sys.argv[1])' \
+        "$VENV/bin/python" -c 'import sys; from pipeline.runtime.cluster import wait_for_job_submission as w; w(sys.argv[1])' \
             "http://127.0.0.1:$DASHBOARD_PORT"
         echo "local stack up: S3 $AWS_ENDPOINT_URL, Ray dashboard http://127.0.0.1:$DASHBOARD_PORT"
         exit 0
