@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 
@@ -14,6 +15,7 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.INFO)  # also when embedded
     from pipeline.io.redact import RedactingFilter
 
     for handler in logging.getLogger().handlers:
@@ -22,18 +24,48 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Failures a user can act on: bad input, storage, network, weights, the cluster. Anything else
+# is a bug of ours; it still ends in one line, which says so.
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ValueError, OSError, RuntimeError, ConnectionError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - botocore comes with s3fs
+        pass
+    try:
+        from ray.exceptions import RayError
+
+        errors.append(RayError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
 def run_main(main: Callable[[], int]) -> int:
-    """Run ``main``; bad input, storage and weights errors print one line, no traceback."""
+    """Run ``main``; every failure prints one line and exits 1 (130 on Ctrl-C). With ``-v``
+    (debug logging) the traceback with its causes follows the line."""
+    from pipeline.io.redact import redact_text
+
     try:
         return main()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, ConnectionError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        from pipeline.io.redact import redact_text
-
-        print(redact_text(f"error: {type(e).__name__}: {message}"), file=sys.stderr)
+    except Exception as e:
+        text = str(e).strip()
+        message = text.splitlines()[0] if text else type(e).__name__
+        line = f"error: {type(e).__name__}: {message}"
+        if not isinstance(e, _expected_errors()):
+            line = f"error: unexpected {type(e).__name__}: {message} (a bug: please report it)"
+        verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+        if verbose:
+            trace = "".join(traceback.format_exception(e))
+            print(redact_text(trace.rstrip()), file=sys.stderr)
+        elif not isinstance(e, _expected_errors()):
+            line += "; -v shows the traceback"
+        print(redact_text(line), file=sys.stderr)
         return 1
 
 

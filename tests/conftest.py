@@ -7,19 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import tempfile
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, write_shards
-from pipeline.runtime.cluster import wait_for_job_submission
-from tests.support.paths import VENV_BIN
-from tests.support.waiting import free_port, wait_until
+from tests.support.ray_head import RayHead, start_ray_head
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -91,72 +85,11 @@ def ray_local(s3_endpoint: str) -> Iterator[str]:
         ray.shutdown()
 
 
-@dataclass(frozen=True)
-class RayHead:
-    gcs_address: str
-    dashboard_url: str
-    metrics_url: str  # the head's Prometheus endpoint
-
-
-def _dashboard_up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
     """`ray start --head --num-gpus 2` on a CPU box (fake GPUs), with the dashboard."""
-    port, dash, metrics_port = free_port(), free_port(), free_port()
-    temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        "RAY_metrics_report_interval_ms": "1000",  # export application metrics every second
-    }
-    cmd = [
-        str(VENV_BIN / "ray"),
-        "start",
-        "--head",
-        "--block",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--num-gpus=2",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-        f"--metrics-export-port={metrics_port}",
-        # Ports of its own: the in-process cluster of ray_local holds Ray's defaults (52365 for
-        # the dashboard agent, ...), and a head whose agent cannot bind accepts no jobs.
-        *(
-            f"--{flag}={free_port()}"
-            for flag in (
-                "dashboard-agent-listen-port",
-                "dashboard-agent-grpc-port",
-                "runtime-env-agent-port",
-                "ray-client-server-port",
-                "node-manager-port",
-                "object-manager-port",
-            )
-        ),
-    ]
-    proc = subprocess.Popen(
-        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        wait_until(lambda: _dashboard_up(url) or proc.poll() is not None, 120, "the Ray head")
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}")
-        wait_for_job_submission(url)
-        yield RayHead(f"127.0.0.1:{port}", url, f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+    with start_ray_head(dict(os.environ), num_gpus=2) as head:
+        yield head
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from glam import build_glam
+from glam import IMAGENET, RANDOM, build_glam
 from pipeline.extract.actors import MAX_CPUS_PER_GPU_ACTOR, ActorInfo, create_actors
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
@@ -21,6 +21,7 @@ from pipeline.io.redact import redact
 from pipeline.io.shards import list_shards, shard_id
 from pipeline.io.storage import read_json, write_json_atomic
 from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.preflight import preflight
 from pipeline.runtime.progress import ProgressReporter
 from pipeline.runtime.records import check_fingerprint, now, versions
 from pipeline.runtime.resources import plan_workers
@@ -86,6 +87,8 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     t0 = time.monotonic()
     shards = list_shards(job.input)
     ids = [shard_id(s) for s in shards]
+    weights = [] if job.spec.weights in (None, RANDOM, IMAGENET) else [job.spec.weights]
+    preflight(read=[shards[0], *weights], write=[job.output])
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model

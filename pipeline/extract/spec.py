@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from glam.config import DEFAULT_SCALES
 from glam.preprocess import DEFAULT_MAX_PIXELS
+from pipeline.io.storage import check_uri
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class ExtractionSpec:
     prefetch: int = 64
 
     def __post_init__(self) -> None:
+        if self.weights:
+            check_uri(self.weights)
         if self.image_size < 32:
             raise ValueError(f"image size must be >= 32, got {self.image_size}")
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
@@ -58,6 +61,8 @@ class ExtractionJob:
     device: Literal["auto", "gpu", "cpu"] = "auto"
 
     def __post_init__(self) -> None:
+        check_uri(self.input)
+        check_uri(self.output)
         if self.actors is not None and self.actors <= 0:
             raise ValueError(f"actors must be positive, got {self.actors}")
         if self.device not in ("auto", "gpu", "cpu"):

@@ -40,6 +40,7 @@ from pipeline.io.descriptor_reader import (
 from pipeline.io.descriptor_writer import parquet_bytes
 from pipeline.io.storage import join, upload_file_atomic, write_bytes_atomic
 from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.preflight import preflight
 from pipeline.runtime.records import check_fingerprint
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def build_index(
     """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
     cluster), unless nothing changed since LATEST and ``force`` is False."""
     t0 = time.monotonic()
+    preflight(read=[descriptors], write=[output])
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)
     sig = signature(files, cfg)

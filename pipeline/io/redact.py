@@ -3,6 +3,8 @@ values of the process's credential variables are masked."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
@@ -11,7 +13,7 @@ from typing import Any
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+(?::[^/@\s]*)?@")
 _SECRET_KEY = re.compile(
-    r"(secret|password|passwd|token|credential|session|^key$|access_key)", re.IGNORECASE
+    r"(secret|password|passwd|token|credential|session|^key$|access_key|key_id)", re.IGNORECASE
 )
 _SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY",
@@ -21,9 +23,32 @@ _SECRET_ENV = (
 )
 
 
+def _option_secrets(options: Any) -> list[str]:
+    """String values under secret-looking keys of a JSON-like object (``GLAM_STORAGE_OPTIONS``:
+    ``key``, ``secret``, ``token``, nested ``client_kwargs``' ``aws_secret_access_key``, …)."""
+    if isinstance(options, dict):
+        out = []
+        for k, v in options.items():
+            if isinstance(v, str) and _SECRET_KEY.search(str(k)):
+                out.append(v)
+            else:
+                out += _option_secrets(v)
+        return out
+    if isinstance(options, list):
+        return [s for v in options for s in _option_secrets(v)]
+    return []
+
+
 def _secret_values() -> list[str]:
     values = [os.environ.get(k, "") for k in _SECRET_ENV]
+    with contextlib.suppress(json.JSONDecodeError):  # storage_options refuses it, loudly
+        values += _option_secrets(json.loads(os.environ.get("GLAM_STORAGE_OPTIONS") or "{}"))
     return [v for v in values if len(v) >= 6]
+
+
+def has_userinfo(uri: str) -> bool:
+    """True when a URI carries user-info (``s3://KEY:SECRET@bucket/...``)."""
+    return _USERINFO.match(uri.strip()) is not None
 
 
 def redact_text(text: str) -> str:

@@ -16,6 +16,24 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
+from pipeline.io.redact import has_userinfo, redact_text
+
+
+class CredentialsInUriError(ValueError):
+    """A URI that carries credentials: refused before anything reads or logs it."""
+
+
+def check_uri(uri: str) -> str:
+    """``uri`` unchanged, or a refusal when it carries credentials (``s3://KEY:SECRET@b/…``):
+    they would travel in logs, job records, Parquet metadata and Ray's dashboard."""
+    if has_userinfo(uri):
+        raise CredentialsInUriError(
+            f"{redact_text(uri)}: credentials in a URI are refused (they would reach logs and "
+            "records); give them through the environment (AWS_ACCESS_KEY_ID, ...), workload "
+            "identity, or GLAM_STORAGE_OPTIONS"
+        )
+    return uri
+
 
 def storage_options(uri: str) -> dict[str, Any]:
     """Options for the filesystem of ``uri``: the S3 endpoint from ``AWS_ENDPOINT_URL``, merged
@@ -42,10 +60,31 @@ def storage_options(uri: str) -> dict[str, Any]:
     return options
 
 
-def filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
-    """The filesystem holding ``uri`` and the path inside it."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+# A probe's S3 client: one attempt, short timeouts, so that an unreachable or misconfigured
+# endpoint is told within seconds (the jobs' own clients retry with backoff for minutes).
+_PROBE_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts": 1}}
+
+
+def filesystem(uri: str, probe: bool = False) -> tuple[AbstractFileSystem, str]:
+    """The filesystem holding ``uri`` and the path inside it (``probe``: fail fast)."""
+    options = storage_options(uri)
+    if probe and options is not None and uri.startswith(("s3://", "s3a://")):
+        options["config_kwargs"] = {**options.get("config_kwargs", {}), **_PROBE_CONFIG}
+    fs, path = fsspec.core.url_to_fs(check_uri(uri), **options)
+    if probe and hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs's own retries, on top of botocore's (an instance of its own)
     return fs, path
+
+
+def endpoint(uri: str) -> str:
+    """The storage endpoint this process uses for ``uri`` (never a credential)."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return "the local filesystem"
+    options = storage_options(uri)
+    url = options.get("client_kwargs", {}).get("endpoint_url") or options.get("endpoint_url")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "default"
+    where = redact_text(str(url)) if url else "AWS's default S3 endpoint"
+    return f"{where} (region {region})"
 
 
 def is_local(fs: AbstractFileSystem) -> bool:

@@ -16,18 +16,25 @@ log = logging.getLogger(__name__)
 
 def connect(address: str | None = None) -> None:
     """Join ``address`` / ``RAY_ADDRESS`` (set by ``ray job submit``), else a running local
-    cluster, else start a local one in this process."""
+    cluster, else start a local one in this process. Which one it joined is logged: a cluster
+    started elsewhere runs its tasks with its own environment, not this shell's."""
     if ray.is_initialized():
         return
     kw: dict[str, Any] = {"log_to_driver": True}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kw)
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given:
+        ray.init(address=given, **kw)
+        how = "--ray-address" if address else "RAY_ADDRESS (as under `ray job submit`)"
+        log.info("connected to the Ray cluster at %s, from %s", given, how)
         return
     running = running_local_cluster()
     if running:
         ray.init(address=running, **kw)
-        log.info("joined the running Ray cluster at %s", running)
+        log.info(
+            "joined the Ray cluster already running at %s (started by `ray start`; its workers "
+            "use that cluster's environment, not this shell's)",
+            running,
+        )
     else:
         ray.init(address="local", **kw)
         log.info("started a local Ray cluster: %s", ray.cluster_resources())

@@ -29,11 +29,13 @@ from ray.train import (
 )
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from glam import IMAGENET, RANDOM
 from pipeline.datasets.train_manifest import TrainDataset, load_dataset
 from pipeline.io.redact import redact_text
 from pipeline.io.storage import exists, filesystem, is_local, join, read_json, write_json_atomic
 from pipeline.runtime import failpoints
 from pipeline.runtime.cluster import connect
+from pipeline.runtime.preflight import preflight
 from pipeline.runtime.records import check_fingerprint, now, versions
 from pipeline.runtime.resources import plan_workers
 from pipeline.train import progress as train_progress
@@ -119,6 +121,8 @@ def run_training(job: TrainJob) -> TrainResult:
         raise RuntimeError("training needs Ray Train V2: unset RAY_TRAIN_V2_ENABLED=0")
     dataset = load_dataset(job.input, job.num_classes, job.samples_per_epoch)
     connect(job.ray_address)
+    weights = [] if job.weights in (RANDOM, IMAGENET) else [job.weights]
+    preflight(read=[dataset.shards[0], *weights], write=[job.output])
     plan = plan_workers(
         ray.cluster_resources(), job.workers, job.device, MAX_CPUS_PER_GPU_WORKER, "--workers"
     )

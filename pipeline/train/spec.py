@@ -10,6 +10,7 @@ from glam.config import GlamConfig
 from glam.preprocess import DEFAULT_MAX_PIXELS
 from glam.recipe import TrainConfig
 from pipeline.datasets.train_manifest import TrainDataset
+from pipeline.io.storage import check_uri
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class TrainJob:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        for uri in (self.input, self.output, self.weights):
+            check_uri(uri)
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "max_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
