@@ -33,16 +33,22 @@ def _crop_png(data: bytes, bbx: Iterable[float]) -> bytes:
     return buf.getvalue()
 
 
+def _box(name: str, bbx: tuple[float, float, float, float] | None) -> Iterable[float]:
+    if bbx is None:
+        raise ValueError(f"query {name} has no bbx in the ground truth: cannot crop it")
+    return bbx
+
+
 def prepare_dataset(root: str, dataset: str, output: str, shard_size: int = 1000) -> dict[str, int]:
     """Write OUTPUT/database/*.tar and OUTPUT/queries/*.tar for roxford5k or rparis6k."""
     base = join(root, dataset)
-    cfg = load_gnd(join(base, f"gnd_{dataset}.pkl"))
+    truth = load_gnd(join(base, f"gnd_{dataset}.pkl"))
     image = lambda name: read_bytes(join(base, "jpg", f"{name}.jpg"))  # noqa: E731
 
-    database = ((name, {"jpg": image(name)}) for name in cfg["imlist"])
+    database = ((name, {"jpg": image(name)}) for name in truth.imlist)
     queries = (
-        (name, {"png": _crop_png(image(name), g["bbx"])})
-        for name, g in zip(cfg["qimlist"], cfg["gnd"], strict=True)
+        (name, {"png": _crop_png(image(name), _box(name, q.bbx))})
+        for name, q in zip(truth.qimlist, truth.queries, strict=True)
     )
     n_db = write_sharded(join(output, "database"), database, shard_size)
     n_q = write_sharded(join(output, "queries"), queries, shard_size)

@@ -45,15 +45,15 @@ def evaluate(
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
     and the database-only figures under ``without_distractors``."""
-    cfg = load_gnd(gnd_uri)
+    truth = load_gnd(gnd_uri)
     q_keys, q_x, q_model = read_descriptors(queries)
     d_keys, d_x, d_model = read_descriptors(database)
     if q_model != d_model:
         raise ValueError("queries and database descriptors come from different models/configs")
-    q = _rows(q_keys, q_x, list(cfg["qimlist"]), "query")
-    x = _rows(d_keys, d_x, list(cfg["imlist"]), "database")
+    q = _rows(q_keys, q_x, truth.qimlist, "query")
+    x = _rows(d_keys, d_x, truth.imlist, "database")
     db_scores = q @ x.T
-    gnd = list(cfg["gnd"])
+    gnd = truth.gnd
     report: dict[str, Any] = score_protocols(gnd, RankingModel(db_scores))
     report.update(queries=len(q), database=len(x), distractors=0, exact=True)
     if distractors:

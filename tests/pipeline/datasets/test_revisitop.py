@@ -28,7 +28,7 @@ def test_database_and_query_crops(s3_bucket: str) -> None:
     queries = samples(f"{out}/queries")
     assert sorted(queries) == sorted(made["qimlist"])
     gnd = load_gnd(f"{root}/roxford5k/gnd_roxford5k.pkl")
-    x1, y1, x2, y2 = gnd["gnd"][0]["bbx"]
+    x1, y1, x2, y2 = gnd.queries[0].bbx
     crop = Image.open(io.BytesIO(queries["query_0"]["png"]))
     assert crop.size == (round(x2) - round(x1), round(y2) - round(y1))
 
