@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.index.search import ShardedIndex
         from pipeline.io.descriptor_reader import read_descriptors
 
-        keys, x, _ = read_descriptors(args.descriptors)
+        keys, x, identity = read_descriptors(args.descriptors)
         rows = {k: i for i, k in enumerate(keys)}
         missing = [k for k in args.key if k not in rows]
         if missing:
             raise ValueError(f"no descriptor for {missing}")
         index = ShardedIndex.load(args.index, args.version)
+        index.check_queries(identity, args.descriptors)
         result = index.search(x[[rows[k] for k in args.key]], args.k)
         for q, key in enumerate(args.key):
             print(f"query {key} (index {index.version}):")

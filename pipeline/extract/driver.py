@@ -16,14 +16,15 @@ from glam import IMAGENET, RANDOM, build_glam
 from pipeline.extract.actors import MAX_CPUS_PER_GPU_ACTOR, ActorInfo, create_actors
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
-from pipeline.io.layout import job_uri, marker_uri
+from pipeline.io.layout import job_uri, marker_uri, markers_folder
 from pipeline.io.redact import redact
 from pipeline.io.shards import list_shards, shard_id
-from pipeline.io.storage import read_json, write_json_atomic
+from pipeline.io.storage import filesystem, join, read_json, write_json_atomic
 from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.progress import ProgressReporter
-from pipeline.runtime.records import check_fingerprint, now, versions
+from pipeline.runtime.records import check_fingerprint, differing_keys, now, versions
 from pipeline.runtime.resources import plan_workers
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,22 @@ def check_output(
     output: str, fp: dict[str, Any], shard_ids: list[str]
 ) -> tuple[dict[str, Any] | None, dict[str, ShardStats]]:
     """The output's previous ``_job.json`` and the committed shards (by shard id) of this
-    configuration; refuse an output made by another one."""
+    configuration; refuse an output that holds shards of another one. A configuration that
+    committed no shard does not bind the output: the next run's replaces it."""
     previous = read_json(job_uri(output))
-    if previous is not None:
-        check_fingerprint(output, previous.get("fingerprint", {}), fp)
+    if previous is not None and previous.get("fingerprint", {}) != fp:
+        # The shards committed bind the output (they all share one fingerprint: this very
+        # check keeps it so), not the record of a run that may have committed nothing.
+        bound = committed_fingerprint(output)
+        if bound is not None:
+            check_fingerprint(output, bound, fp)
+        log.warning(
+            "%s: the previous run's configuration (differs in: %s) committed no shard; "
+            "this run's replaces it",
+            output,
+            ", ".join(differing_keys(previous.get("fingerprint", {}), fp)),
+        )
+        previous = None
     committed = {}
     for sid in shard_ids:
         marker = read_json(marker_uri(output, sid))
@@ -82,8 +95,22 @@ def check_output(
     return previous, committed
 
 
-def run_extraction(job: ExtractionJob) -> JobResult:
-    """Run ``job`` on the connected Ray cluster; returns totals (failed shards included)."""
+def committed_fingerprint(output: str) -> dict[str, Any] | None:
+    """The fingerprint of the output's committed shards (one marker's), or None if none."""
+    fs, path = filesystem(markers_folder(output))
+    fs.invalidate_cache(path)
+    markers = sorted(fs.glob(join(path, "*.json")))
+    if not markers:
+        return None
+    marker = read_json(join(markers_folder(output), markers[0].rsplit("/", 1)[1]))
+    return dict((marker or {}).get("fingerprint", {}))
+
+
+def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> JobResult:
+    """Run ``job`` on the connected Ray cluster; returns totals (failed shards included).
+
+    A finished output is only read. Otherwise the run holds the output's lease while it
+    works: a second run on the same output is refused, naming this one."""
     t0 = time.monotonic()
     shards = list_shards(job.input)
     ids = [shard_id(s) for s in shards]
@@ -93,6 +120,27 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
     previous, committed = check_output(job.output, fp, ids)
+    if previous is not None and len(committed) == len(shards):
+        result = JobResult(shards=len(shards), skipped=len(shards))
+        result.wall_s = time.monotonic() - t0
+        log.info("every shard is committed: nothing to do")
+        log.info("%s", result.summary())
+        return result
+    with Lease(job.output, "extract", ttl_s=lease_ttl_s) as lease:
+        previous, committed = check_output(job.output, fp, ids)  # as it is now, under the lease
+        return _extract(job, shards, ids, fp, previous, committed, lease, t0)
+
+
+def _extract(
+    job: ExtractionJob,
+    shards: list[str],
+    ids: list[str],
+    fp: dict[str, Any],
+    previous: dict[str, Any] | None,
+    committed: dict[str, ShardStats],
+    lease: Lease,
+    t0: float,
+) -> JobResult:
     todo = [s for s, sid in zip(shards, ids, strict=True) if sid not in committed]
     result = JobResult(shards=len(shards), skipped=len(shards) - len(todo))
     log.info("%d shards, %d already committed, %d to do", len(shards), result.skipped, len(todo))
@@ -110,7 +158,7 @@ def run_extraction(job: ExtractionJob) -> JobResult:
     new_stats: list[ShardStats] = []
     if todo:
         write_json_atomic(job_uri(job.output), redact(record))
-        workers = _run_shards(job, todo, result, new_stats)
+        workers = _run_shards(job, todo, result, new_stats, lease)
         record["workers"] = [w.record() for w in workers]
     result.wall_s = time.monotonic() - t0
     if todo or previous is None:
@@ -123,13 +171,18 @@ def run_extraction(job: ExtractionJob) -> JobResult:
             last_run=asdict(result),
             failed_shards=[asdict(f) for f in result.failed],
         )
+        lease.check()
         write_json_atomic(job_uri(job.output), redact(record))  # no credentials in records
     log.info("%s", result.summary())
     return result
 
 
 def _run_shards(
-    job: ExtractionJob, todo: list[str], result: JobResult, stats_out: list[ShardStats]
+    job: ExtractionJob,
+    todo: list[str],
+    result: JobResult,
+    stats_out: list[ShardStats],
+    lease: Lease,
 ) -> list[ActorInfo]:
     """Process ``todo`` on fresh actors, appending each shard's stats to ``stats_out``;
     returns what each actor reported about itself."""
@@ -159,6 +212,7 @@ def _run_shards(
     progress = ProgressReporter(len(todo))
     try:
         while pending or in_flight:
+            lease.check()  # a run whose lease was taken over starts no more shards
             while idle and pending:
                 index, shard = idle.pop(), pending.popleft()
                 in_flight[actors[index].process.remote(shard, job.output)] = (index, shard)

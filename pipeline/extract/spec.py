@@ -11,6 +11,12 @@ from glam.config import DEFAULT_SCALES
 from glam.preprocess import DEFAULT_MAX_PIXELS
 from pipeline.io.storage import check_uri
 
+# The largest image side accepted, and the largest side fed to the model after scaling: a
+# typo such as 20000 would need tens of GB per batch and kill every actor, so it is refused.
+# The paper's setting is 1024 px at scales up to √2 (1448 px).
+MAX_IMAGE_SIZE = 4096
+MAX_SCALED_SIDE = 6144
+
 
 @dataclass(frozen=True)
 class ExtractionSpec:
@@ -34,10 +40,18 @@ class ExtractionSpec:
     def __post_init__(self) -> None:
         if self.weights:
             check_uri(self.weights)
-        if self.image_size < 32:
-            raise ValueError(f"image size must be >= 32, got {self.image_size}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image size must be in 32..{MAX_IMAGE_SIZE} pixels, got {self.image_size}"
+            )
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
             raise ValueError(f"scales must be positive numbers, got {self.scales}")
+        largest = self.image_size * max(self.scales)
+        if largest > MAX_SCALED_SIDE:
+            raise ValueError(
+                f"image size {self.image_size} at scale {max(self.scales)} feeds the model "
+                f"{largest:.0f} px images; at most {MAX_SCALED_SIDE} px are accepted"
+            )
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         for name in ("batch_size", "max_pixels", "shard_attempts", "prefetch"):
@@ -63,6 +77,10 @@ class ExtractionJob:
     def __post_init__(self) -> None:
         check_uri(self.input)
         check_uri(self.output)
+        if self.output.rstrip("/") == self.input.rsplit("/", 1)[0].rstrip("/"):
+            raise ValueError(
+                f"--output {self.output} is the input shards' own folder: use a folder of its own"
+            )
         if self.actors is not None and self.actors <= 0:
             raise ValueError(f"actors must be positive, got {self.actors}")
         if self.device not in ("auto", "gpu", "cpu"):

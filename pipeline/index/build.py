@@ -24,10 +24,11 @@ import pyarrow as pa
 import ray
 
 from pipeline.index.versions import (
-    LATEST,
     IndexInput,
     IndexManifest,
+    new_version_name,
     prune_versions,
+    publish,
     read_latest,
     write_manifest,
 )
@@ -40,6 +41,7 @@ from pipeline.io.descriptor_reader import (
 from pipeline.io.descriptor_writer import parquet_bytes
 from pipeline.io.storage import join, upload_file_atomic, write_bytes_atomic
 from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.records import check_fingerprint
 
@@ -179,7 +181,11 @@ def build_shard(
 
 
 def build_index(
-    descriptors: str, output: str, cfg: IndexBuildConfig, force: bool = False
+    descriptors: str,
+    output: str,
+    cfg: IndexBuildConfig,
+    force: bool = False,
+    lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> BuildResult:
     """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
     cluster), unless nothing changed since LATEST and ``force`` is False."""
@@ -188,6 +194,21 @@ def build_index(
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)
     sig = signature(files, cfg)
+    done = _up_to_date(descriptors, output, identity, sig, force)
+    if done is not None:  # read only: a scheduled rebuild with nothing new writes nothing
+        return done
+    with Lease(output, "build_index", ttl_s=lease_ttl_s) as lease:
+        done = _up_to_date(descriptors, output, identity, sig, force)  # another build finished
+        if done is not None:
+            return done
+        return _build_version(files, identity, sig, output, cfg, lease, t0)
+
+
+def _up_to_date(
+    descriptors: str, output: str, identity: dict[str, str], sig: str, force: bool
+) -> BuildResult | None:
+    """The result when LATEST already holds these inputs with this configuration; refuses
+    descriptors of another model."""
     latest = read_latest(output)
     if latest and not force:
         version, manifest = latest
@@ -200,8 +221,22 @@ def build_index(
             identity,
             f"{descriptors} cannot join it: build it into a new --output",
         )
+    return None
+
+
+def _build_version(
+    files: list[DescriptorFile],
+    identity: dict[str, str],
+    sig: str,
+    output: str,
+    cfg: IndexBuildConfig,
+    lease: Lease,
+    t0: float,
+) -> BuildResult:
+    """Train, fill every shard, write the manifest, then move LATEST (under the lease)."""
     dim = files[0].dim
-    version = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{sig[:8]}"
+    version = new_version_name(output, sig)
+    lease.note(f"building version {version}")
     version_dir = join(output, version)
     trained = None
     probe = faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
@@ -250,8 +285,9 @@ def build_index(
         created_at=datetime.now(UTC).isoformat(),
         faiss=faiss.__version__,
     )
+    lease.check()  # a build whose lease was taken over publishes nothing
     write_manifest(output, manifest)
-    write_bytes_atomic(join(output, LATEST), version.encode())  # the commit point
+    publish(output, version)  # the commit point: LATEST moves, forward only
     prune_versions(output, cfg.retention, keep=version)
     result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0)
     metrics.set_gauge("vectors", result.vectors)

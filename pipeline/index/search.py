@@ -12,6 +12,7 @@ import torch
 
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
 from pipeline.io.storage import filesystem, join, local_copy
+from pipeline.runtime.records import check_fingerprint
 
 
 def flat_topk(
@@ -72,6 +73,16 @@ class ShardedIndex:
             keys.append(table["key"].to_pylist())
             sources.append(table["source"].to_pylist())
         return cls(version, manifest, shards, ids, keys, sources)
+
+    def check_queries(self, identity: dict[str, str], source: str) -> None:
+        """Refuse query descriptors of another model or configuration than the index's (their
+        Parquet metadata, ``source``): scores across two descriptor spaces mean nothing."""
+        check_fingerprint(
+            f"the index version {self.version}",
+            self.manifest.descriptor_model,
+            identity,
+            f"the queries in {source} come from another descriptor space",
+        )
 
     @property
     def ntotal(self) -> int:

@@ -10,14 +10,22 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.io.storage import filesystem, join, read_bytes, write_json_atomic
+from pipeline.io.storage import (
+    filesystem,
+    join,
+    read_bytes,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
+_STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
 @dataclass(frozen=True)
@@ -72,11 +80,49 @@ def write_manifest(output: str, manifest: IndexManifest) -> None:
 
 def read_latest(output: str) -> tuple[str, IndexManifest] | None:
     """(version, manifest) that LATEST points to, or None."""
-    try:
-        version = read_bytes(join(output, LATEST)).decode().strip()
-    except FileNotFoundError:
+    version = read_latest_name(output)
+    if version is None:
         return None
     return version, read_manifest(output, version)
+
+
+def new_version_name(output: str, signature: str) -> str:
+    """A version name that sorts after every existing version: the UTC time to the
+    microsecond, bumped past LATEST when a clock behind another host's would sort it
+    earlier, and the signature's first 8 characters."""
+    stamp = datetime.now(UTC)
+    latest = read_latest_name(output)
+    if latest is not None:
+        try:
+            previous = datetime.strptime(latest.split("-", 1)[0], _STAMP).replace(tzinfo=UTC)
+        except ValueError:  # a name of another format: order by name only
+            previous = None
+        if previous is not None and stamp <= previous:
+            stamp = previous + timedelta(microseconds=1)
+    return f"{stamp.strftime(_STAMP)}-{signature[:8]}"
+
+
+def read_latest_name(output: str) -> str | None:
+    try:
+        return read_bytes(join(output, LATEST)).decode().strip()
+    except FileNotFoundError:
+        return None
+
+
+def publish(output: str, version: str) -> bool:
+    """Move LATEST to ``version`` (the commit point of a build), forward only: a version that
+    sorts before the current LATEST leaves it where it is. Returns whether LATEST moved."""
+    current = read_latest_name(output)
+    if current is not None and current >= version:
+        log.warning(
+            "LATEST of %s stays on %s: %s is not newer (LATEST only moves forward)",
+            output,
+            current,
+            version,
+        )
+        return False
+    write_bytes_atomic(join(output, LATEST), version.encode())
+    return True
 
 
 def list_versions(output: str) -> list[str]:

@@ -14,8 +14,12 @@ def errors_uri(output: str, shard: str) -> str:
     return join(output, "errors", f"part-{shard}.parquet")
 
 
+def markers_folder(output: str) -> str:
+    return join(output, "_shards")
+
+
 def marker_uri(output: str, shard: str) -> str:
-    return join(output, "_shards", f"{shard}.json")
+    return join(markers_folder(output), f"{shard}.json")
 
 
 def job_uri(output: str) -> str:

@@ -6,11 +6,15 @@ S3 endpoints and credentials come from the standard AWS variables (``AWS_ENDPOIN
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -190,3 +194,140 @@ def read_json(uri: str) -> Any | None:
 
 def write_json_atomic(uri: str, obj: Any) -> None:
     write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+# Conditional writes: the primitives behind leases (pipeline.runtime.lease). On object stores
+# they are S3's conditional requests (If-None-Match: * to create, If-Match: ETag to replace or
+# delete); locally an exclusive hard link and a lock file. A ``tag`` names one version of an
+# object: its ETag, or locally the sha256 of its bytes.
+
+
+class ConditionFailedError(RuntimeError):
+    """The object exists (create) or changed since it was read (replace, delete)."""
+
+
+def _s3_key(fs: AbstractFileSystem, path: str) -> tuple[str, str]:
+    bucket, key, _ = fs.split_path(path)
+    return bucket, key
+
+
+def _precondition_failed(e: Exception) -> bool:
+    if isinstance(e, FileExistsError):  # s3fs's translation of 412 Precondition Failed
+        return True
+    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+    text = str(e).lower()
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412") or any(
+        s in text for s in ("precondition", "pre-condition", "conditional request")
+    )
+
+
+def read_tagged(uri: str) -> tuple[bytes, str] | None:
+    """(bytes, tag) of the object at ``uri``, or None when there is none."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+    bucket, key = _s3_key(fs, path)
+
+    async def get() -> tuple[bytes, str]:  # body and ETag of one response: one version
+        out = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+        async with out["Body"] as body:
+            return await body.read(), str(out["ETag"])
+
+    try:
+        return fsspec.asyn.sync(fs.loop, get)
+    except FileNotFoundError:
+        return None
+
+
+def create_exclusive(uri: str, data: bytes) -> str:
+    """Write ``data`` at ``uri`` only if nothing is there (else ``ConditionFailedError``)."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        folder, name = os.path.split(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists
+        except FileExistsError:
+            raise ConditionFailedError(f"{uri} exists") from None
+        finally:
+            os.remove(tmp)
+        return hashlib.sha256(data).hexdigest()
+    bucket, key = _s3_key(fs, path)
+    try:
+        out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except Exception as e:
+        if _precondition_failed(e):
+            raise ConditionFailedError(f"{uri} exists") from None
+        raise
+    fs.invalidate_cache(path)
+    return str(out["ETag"])
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    folder, name = os.path.split(os.path.abspath(path))
+    with open(os.path.join(folder, f".{name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def replace_if(uri: str, data: bytes, tag: str) -> str:
+    """Replace the object at ``uri`` with ``data`` only if it is still version ``tag``; the new
+    tag (else ``ConditionFailedError``)."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        with _local_lock(path):
+            current = read_tagged(uri)
+            if current is None or current[1] != tag:
+                raise ConditionFailedError(f"{uri} changed")
+            write_bytes_atomic(uri, data)
+        return hashlib.sha256(data).hexdigest()
+    bucket, key = _s3_key(fs, path)
+    try:
+        out = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=tag)
+    except FileNotFoundError:
+        raise ConditionFailedError(f"{uri} is gone") from None
+    except Exception as e:
+        if _precondition_failed(e):
+            raise ConditionFailedError(f"{uri} changed") from None
+        raise
+    fs.invalidate_cache(path)
+    return str(out["ETag"])
+
+
+def delete_if(uri: str, tag: str) -> None:
+    """Delete the object at ``uri`` only if it is still version ``tag`` (else
+    ``ConditionFailedError``; an object already gone is fine)."""
+    fs, path = filesystem(uri)
+    if is_local(fs):
+        with _local_lock(path):
+            current = read_tagged(uri)
+            if current is None:
+                return
+            if current[1] != tag:
+                raise ConditionFailedError(f"{uri} changed")
+            os.remove(path)
+        return
+    bucket, key = _s3_key(fs, path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=tag)
+    except FileNotFoundError:
+        return
+    except Exception as e:
+        if _precondition_failed(e):
+            raise ConditionFailedError(f"{uri} changed") from None
+        raise
+    fs.invalidate_cache(path)

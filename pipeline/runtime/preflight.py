@@ -42,9 +42,14 @@ def check_access(read: Sequence[str], write: Sequence[str]) -> AccessReport:
             fs, path = filesystem(uri, probe=True)
             if fs.isdir(path):
                 fs.ls(path)
-            else:
+                continue
+            try:
                 with fs.open(path, "rb") as f:
                     f.read(512)
+            except FileNotFoundError:
+                # A missing file is that file's own error, reported where it is used (a
+                # missing shard fails alone); access is what is checked here: its folder.
+                fs.ls(path.rsplit("/", 1)[0])
         for folder in write:
             fs, path = filesystem(folder, probe=True)
             name = f"preflight-{uuid.uuid4().hex}"

@@ -3,12 +3,15 @@ exactly-once output, idempotent re-runs, refused config changes, crash recovery.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 
+import pytest
+
 from jobs.extract import main as extract_main
 from pipeline.io.layout import job_uri, marker_uri
-from pipeline.io.storage import read_json
+from pipeline.io.storage import read_json, write_bytes_atomic
 from tests.support.extraction import (
     IMAGE_SIZE,
     assert_exactly_once,
@@ -91,3 +94,73 @@ def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, cap
     assert job["status"] == "failed"
     assert [f["shard"] for f in job["failed_shards"]] == [f"{folder}/000003.tar"]
     assert_exactly_once(output, 3)
+
+
+def test_two_extractions_started_together_end_done_or_refused(ray_local, shards) -> None:
+    """Two runs with different configurations on one output: one finishes, the other is
+    refused (by the lease while the first runs, or by the fingerprint after it); the output
+    holds one configuration's descriptors, exactly once."""
+    output = shards[0].rsplit("/", 2)[0] + "/runs/together"
+    runs = [
+        subprocess.Popen(
+            extract_command(shards, output, "--ray-address", ray_local, "--image-size", size),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for size in ("64", "72")
+    ]
+    outcomes = [(r.wait(timeout=600), r.stderr.read()) for r in runs]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 1], outcomes
+    winner = next(i for i, (code, _) in enumerate(outcomes) if code == 0)
+    refusal = outcomes[1 - winner][1].strip().splitlines()[-1]
+    assert (
+        "is being written by another run: extract (pid" in refusal
+        or "was made by a different model or configuration" in refusal
+    ), refusal
+    assert_exactly_once(output, 3)
+    job = read_json(job_uri(output))
+    assert job["status"] == "succeeded"
+    assert job["fingerprint"]["image_size"] == (64, 72)[winner]
+    assert read_json(marker_uri(output, "000002"))["fingerprint"] == job["fingerprint"]
+
+
+def test_a_configuration_that_committed_nothing_does_not_bind_the_output(
+    ray_local, shards, capsys, caplog
+) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/unbound"
+    garbage = shards[0].rsplit("/", 1)[0] + "/000009.tar"
+    write_bytes_atomic(garbage, b"not a tar file " * 100)  # its shard fails: nothing commits
+    args = ["--output", output, "--shard-attempts", "1", "--retry-backoff", "0"]
+    assert extract_main(["--input", garbage, *args, "--image-size", "80"]) == 1
+    assert read_json(job_uri(output))["fingerprint"]["image_size"] == 80  # committed nothing
+    with caplog.at_level(logging.WARNING, logger="pipeline.extract.driver"):
+        assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+    assert "(differs in: image_size) committed no shard; this run's replaces it" in caplog.text
+    assert_exactly_once(output, 3)
+    # Now the output is bound: the first configuration is refused.
+    again = ["--input", shard_pattern(shards), "--output", output, "--image-size", "80"]
+    assert extract_main(again) == 1
+    assert "different model or configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--image-size", "20000"], "image size must be in 32..4096"),
+        (["--image-size", "4096", "--scales", "1,2"], "at most 6144 px are accepted"),
+        (["--image-size", "10000000"], "image size must be in 32..4096"),
+    ],
+)
+def test_sizes_beyond_the_stated_maximum_are_refused(tmp_path, capsys, extra, message) -> None:
+    out = tmp_path / "out"
+    assert extract_main(["--input", f"{tmp_path}/shards/*.tar", "--output", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_the_input_folder_is_refused_as_output(tmp_path, capsys) -> None:
+    folder = tmp_path / "shards"
+    assert extract_main(["--input", f"{folder}/*.tar", "--output", str(folder)]) == 1
+    assert "is the input shards' own folder" in capsys.readouterr().err

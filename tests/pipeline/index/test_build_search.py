@@ -178,3 +178,63 @@ def test_no_descriptors_is_a_clear_error(ray_local, s3_bucket, capsys) -> None:
         == 1
     )
     assert "no descriptor Parquet files" in capsys.readouterr().err
+
+
+def test_two_builds_started_together_end_done_or_refused(ray_local, s3_bucket) -> None:
+    desc, out = f"s3://{s3_bucket}/desc", f"s3://{s3_bucket}/together"
+    _, x = write_folder(desc, 3, 200)
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "build_index.py"),
+        "--descriptors",
+        desc,
+        "--output",
+        out,
+        "--shards",
+        "3",
+        "--ray-address",
+        ray_local,
+        "--force",
+    ]
+    runs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outcomes = [(r.wait(timeout=600), r.stderr.read()) for r in runs]
+    for code, err in outcomes:
+        assert code == 0 or "is being written by another run: build_index" in err, err[-2000:]
+    assert any(code == 0 for code, _ in outcomes)
+    versions = list_versions(out)
+    assert versions and all(exists(join(out, v, "manifest.json")) for v in versions)
+    latest, manifest = read_latest(out)
+    assert latest == versions[-1] and manifest.count == 600  # LATEST is the newest, complete
+    q = unit(np.random.default_rng(3).normal(size=(4, DIM)))
+    np.testing.assert_array_equal(ShardedIndex.load(out).search(q, 5).ids, brute_force(x, q, 5))
+
+
+def test_latest_only_moves_forward(tmp_path) -> None:
+    from pipeline.index.versions import new_version_name, publish, read_latest_name
+
+    out = str(tmp_path / "idx")
+    first = new_version_name(out, "a" * 64)
+    assert publish(out, first)
+    older = "20000101T000000000000Z-bbbbbbbb"
+    assert not publish(out, older)  # a build that started earlier and finished later
+    assert read_latest_name(out) == first
+    # A host whose clock is behind still names its version after LATEST.
+    write_bytes_atomic(join(out, "LATEST"), b"29990101T000000000000Z-cccccccc")
+    assert new_version_name(out, "d" * 64) == "29990101T000000000001Z-dddddddd"
+
+
+def test_search_refuses_queries_of_another_model(ray_local, s3_bucket, capsys) -> None:
+    from jobs.search_index import main as search_main
+
+    write_folder(f"s3://{s3_bucket}/desc", 1, 20)
+    build_index(f"s3://{s3_bucket}/desc", f"s3://{s3_bucket}/idx", IndexBuildConfig())
+    write_descriptor_file(
+        f"s3://{s3_bucket}/other/part-000000.parquet", ["q"], unit(np.ones((1, DIM))), "b" * 64
+    )
+    args = ["--index", f"s3://{s3_bucket}/idx", "--descriptors", f"s3://{s3_bucket}/other"]
+    assert search_main([*args, "--key", "q"]) == 1
+    err = capsys.readouterr().err
+    assert "was made by a different model or configuration (differs in: weights_sha256)" in err

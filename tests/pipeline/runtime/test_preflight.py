@@ -28,7 +28,10 @@ def test_access_check_reads_and_writes_and_leaves_nothing(s3_bucket: str) -> Non
 
     fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     assert fs.find(f"{s3_bucket}/out") == []  # the probe object is gone
-    missing = check_access([f"s3://{s3_bucket}/nothing-here/000000.tar"], [])
+    # A missing shard in a readable folder is that shard's own error, later; a missing
+    # bucket is an access failure now.
+    assert check_access([f"s3://{s3_bucket}/desc/000404.tar"], []).error == ""
+    missing = check_access(["s3://no-such-bucket-here/shards/000000.tar"], [])
     assert missing.error.startswith("FileNotFoundError")
 
 
