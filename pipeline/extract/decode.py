@@ -30,13 +30,18 @@ class DecodedSample:
 class SampleError:
     index: int
     key: str
-    error: str  # missing_image | empty | oversized | undecodable
+    # missing_image | empty | oversized | undecodable, or a reader problem: duplicate_key,
+    # duplicate_member, link_member, no_extension, hidden_member, reserved_member
+    error: str
     message: str
 
 
 def decode_sample(
     index: int, raw: RawSample, image_size: int, max_pixels: int
 ) -> DecodedSample | SampleError:
+    if raw.problem is not None:  # a member or sample the reader could not use
+        kind, message = raw.problem
+        return SampleError(index, raw.key, kind, message)
     data = raw.image_member()
     if data is None:
         members = ", ".join(sorted(raw.members)) or "none"

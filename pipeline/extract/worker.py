@@ -26,7 +26,7 @@ from pipeline.io.descriptor_writer import (
 )
 from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
 from pipeline.io.redact import redact, redact_text
-from pipeline.io.shard_reader import iter_shard
+from pipeline.io.shard_reader import ShardFormatError, ShardStorageError, iter_shard
 from pipeline.io.shards import shard_id
 from pipeline.io.storage import write_bytes_atomic, write_json_atomic
 from pipeline.runtime import failpoints, metrics
@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 
 
 class ShardReadError(RuntimeError):
-    """A shard that could not be read to its end (storage, network or tar format)."""
+    """A shard whose bytes could not be fetched to the end (storage, network): retried."""
+
+
+class ShardUnreadableError(RuntimeError):
+    """A shard whose bytes are not a readable tar (or that does not exist): not retried,
+    since a retry reads the same bytes."""
 
 
 class ShardWorker:
@@ -74,6 +79,18 @@ class ShardWorker:
             try:
                 self._process_once(shard_uri, output, stats, start)
                 return stats
+            except ShardUnreadableError as e:
+                last_error = str(e)
+                log.warning("shard %s is unreadable: %s", sid, last_error)
+                return ShardStats(
+                    shard=sid,
+                    source=shard_uri,
+                    status="failed",
+                    worker=self.name,
+                    attempts=attempt,
+                    error=last_error,
+                    wall_s=time.perf_counter() - start,
+                )
             except ShardReadError as e:
                 last_error = str(e)
                 log.warning(
@@ -128,8 +145,10 @@ class ShardWorker:
                 item = next(items)
             except StopIteration:
                 return
-            except Exception as e:  # storage, network or tar errors end the attempt
-                raise ShardReadError(f"{type(e).__name__}: {e}"[:1000]) from e
+            except ShardStorageError as e:  # worth a retry
+                raise ShardReadError(redact_text(str(e))[:1000]) from e
+            except ShardFormatError as e:  # the same bytes again: not worth one
+                raise ShardUnreadableError(redact_text(str(e))[:1000]) from e
             metrics.set_gauge("queue", producer.depth)
             yield item
 

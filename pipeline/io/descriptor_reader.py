@@ -3,6 +3,7 @@ a plain folder written by another tool; streaming in row-group batches; one mode
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ import pyarrow.parquet as pq
 
 from pipeline.io.layout import descriptors_uri
 from pipeline.io.storage import filesystem, join, read_json, unstrip
+
+log = logging.getLogger(__name__)
 
 # Metadata keys that identify the descriptor space: files that differ in any cannot be mixed.
 MODEL_KEYS = (
@@ -119,19 +122,33 @@ def iter_batches(
 
 
 def read_descriptors(folder: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
-    """All (keys, descriptors (N, d), model identity) of ``folder``; keys must be unique."""
+    """All (keys, descriptors (N, d), model identity) of ``folder``.
+
+    Keys are unique within a shard (the extraction keeps the first sample of a key); across
+    shards the first file in sorted order wins, and the others are dropped with a warning
+    that names them."""
     files = list_descriptor_files(folder)
     identity = check_same_model(files)
     keys: list[str] = []
     blocks = []
     for f in files:
-        for k, _, x in iter_batches(f.uri):
-            keys.extend(k)
-            blocks.append(x)
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"{folder} holds duplicate keys")
-    return (
-        keys,
-        np.concatenate(blocks) if blocks else np.zeros((0, files[0].dim), np.float32),
-        identity,
-    )
+        for batch_keys, _, batch in iter_batches(f.uri):
+            keys.extend(batch_keys)
+            blocks.append(batch)
+    x = np.concatenate(blocks) if blocks else np.zeros((0, files[0].dim), np.float32)
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    if len(first) != len(keys):
+        dropped = len(keys) - len(first)
+        duplicated = sorted({k for i, k in enumerate(keys) if first[k] != i})
+        log.warning(
+            "%s holds %d rows whose key an earlier file already has (the first is kept): %s%s",
+            folder,
+            dropped,
+            ", ".join(duplicated[:10]),
+            ", ..." if len(duplicated) > 10 else "",
+        )
+        keep = np.fromiter(first.values(), dtype=np.int64)
+        keys, x = [keys[i] for i in keep], x[keep]
+    return keys, x, identity

@@ -141,6 +141,9 @@ def labelled_samples(
         order = shards if cycle == 0 else [shards[i] for i in rng.permutation(len(shards))]
         for uri in order:
             for raw in iter_shard(uri):
+                if raw.problem is not None:  # a member the reader could not use
+                    skipped.add(raw.problem[0])
+                    continue
                 label = parse_label(raw)
                 if label is None or not 0 <= label < config.num_classes:
                     skipped.add("bad_label")

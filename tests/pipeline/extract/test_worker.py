@@ -15,11 +15,13 @@ import torch
 from moto.server import ThreadedMotoServer
 
 from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
+from pipeline.datasets.synthetic import encode, image, write_shards
 from pipeline.extract.spec import ExtractionSpec
 from pipeline.extract.worker import ShardWorker
 from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
 from pipeline.io.storage import exists, filesystem, read_bytes, write_bytes_atomic
 from tests.support.extraction import IMAGE_SIZE, expected_keys
+from tests.support.tars import JPEG, tar_of
 from tests.support.waiting import free_port
 
 SPEC = ExtractionSpec(image_size=IMAGE_SIZE, batch_size=3, retry_backoff_s=0.0)
@@ -106,22 +108,61 @@ def test_duckdb_reads_the_output(worker: ShardWorker, shards: list[str], tmp_pat
     assert n == len(expected_keys(2)[0]) and norm < 1e-5
 
 
-def test_unreadable_shards_fail_after_retries(worker: ShardWorker, s3_bucket: str) -> None:
+def test_unreadable_shards_fail_at_once_without_retries(worker: ShardWorker, s3_bucket) -> None:
+    """Garbage, truncated or missing shards read the same on a retry: failed at once, with a
+    message that says what is wrong (storage errors are retried: the next test)."""
     out = f"s3://{s3_bucket}/run"
     corrupt = f"s3://{s3_bucket}/shards/000007.tar"
     write_bytes_atomic(corrupt, b"\x00not a tar" * 200)
+    truncated = f"s3://{s3_bucket}/shards/000008.tar"
+    write_bytes_atomic(truncated, read_bytes(write_shards(f"s3://{s3_bucket}/t", 1, 3)[0])[:3000])
     retries: list[int] = []
     worker.on_retry = lambda shard, attempt, error: retries.append(attempt)
     try:
-        for uri in (corrupt, f"s3://{s3_bucket}/shards/000404.tar"):
-            retries.clear()
+        for uri, says in (
+            (corrupt, "is not a tar archive"),
+            (truncated, "is not a readable tar archive"),
+            (f"s3://{s3_bucket}/shards/000404.tar", "does not exist"),
+        ):
             stats = worker.process(uri, out)
-            assert stats.status == "failed" and stats.error
-            assert retries == [1, 2]
+            assert stats.status == "failed" and says in stats.error, stats.error
+            assert stats.attempts == 1 and "object at 0x" not in stats.error
             sid = uri.rsplit("/", 1)[1][:-4]
             assert not exists(marker_uri(out, sid)) and not exists(descriptors_uri(out, sid))
+        assert retries == []
     finally:
         worker.on_retry = None
+
+
+def test_members_that_give_no_descriptor_are_typed_error_rows(worker, tmp_path) -> None:
+    good = encode(image(np.random.default_rng(0), 80, 60))
+    shard = str(tmp_path / "000000.tar")
+    write_bytes_atomic(
+        shard,
+        tar_of(
+            ("a.jpg", good),
+            ("a.jpg", good),
+            ("README", b"x"),
+            ("._b.jpg", JPEG),
+            ("c.jpg", "->a.jpg"),
+            ("d.__key__", b"d"),
+            ("e.jpg", good),
+            ("a.jpg", good),
+        ),
+    )
+    out = str(tmp_path / "run")
+    stats = worker.process(shard, out)
+    assert stats.status == "committed" and (stats.ok, stats.errors) == (2, 6)
+    assert sorted(read_table(descriptors_uri(out, "000000"))["key"].to_pylist()) == ["a", "e"]
+    errors = read_table(errors_uri(out, "000000")).to_pylist()
+    assert sorted((r["key"], r["error"]) for r in errors) == [
+        ("._b.jpg", "hidden_member"),
+        ("README", "no_extension"),
+        ("a", "duplicate_key"),
+        ("a.jpg", "duplicate_member"),
+        ("c.jpg", "link_member"),
+        ("d.__key__", "reserved_member"),
+    ]
 
 
 @pytest.mark.slow  # its own S3 server, stopped and restarted

@@ -238,3 +238,19 @@ def test_search_refuses_queries_of_another_model(ray_local, s3_bucket, capsys) -
     assert search_main([*args, "--key", "q"]) == 1
     err = capsys.readouterr().err
     assert "was made by a different model or configuration (differs in: weights_sha256)" in err
+
+
+def test_duplicate_keys_across_files_keep_the_first_and_are_named(tmp_path, caplog) -> None:
+    import logging
+
+    from pipeline.io.descriptor_reader import read_descriptors
+
+    rng = np.random.default_rng(0)
+    a, b = unit(rng.normal(size=(3, DIM))), unit(rng.normal(size=(2, DIM)))
+    write_descriptor_file(str(tmp_path / "part-000000.parquet"), ["x", "y", "z"], a)
+    write_descriptor_file(str(tmp_path / "part-000001.parquet"), ["y", "w"], b)
+    with caplog.at_level(logging.WARNING, logger="pipeline.io.descriptor_reader"):
+        keys, x, _ = read_descriptors(str(tmp_path))
+    assert keys == ["x", "y", "z", "w"]
+    np.testing.assert_array_equal(x, np.concatenate([a, b[1:]]))
+    assert "1 rows whose key an earlier file already has (the first is kept): y" in caplog.text
