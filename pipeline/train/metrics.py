@@ -3,7 +3,7 @@ workers; recorded in the run's history, reported to Ray Train and published as R
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from pipeline.runtime import metrics
@@ -20,6 +20,10 @@ class TrainMetrics:
     replaced_samples: int  # undecodable images replaced by a batch-mate
     images_per_s_per_worker: list[float]  # by rank
     data_wait_fraction: float  # the largest share of time a worker waited for input
+    # Samples left out since the run (re)started, by reason, all workers: bad_label,
+    # bad_image (header unreadable or over the pixel limit), undecodable (replaced in its
+    # batch), and the shard reader's problems (duplicate_key, link_member, ...).
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,7 +35,12 @@ class TrainMetrics:
 
     def reported(self) -> dict[str, Any]:
         """The scalars reported to Ray Train (one per metric: the slowest worker's rate)."""
-        out = {k: v for k, v in self.to_dict().items() if k != "images_per_s_per_worker"}
+        out = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("images_per_s_per_worker", "skipped")
+        }
+        out["skipped_samples"] = sum(self.skipped.values())
         out["images_per_s_per_worker_min"] = min(self.images_per_s_per_worker)
         return out
 

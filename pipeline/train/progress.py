@@ -76,7 +76,7 @@ def describe(event: TrainEvent, total_steps: int) -> str:
         f"step {m.step}/{total_steps} epoch {m.epoch}: loss {m.loss:.4f}, "
         f"accuracy {m.accuracy:.3f}, {sum(rates) / len(rates):.2f} images/s per worker "
         f"(min {min(rates):.2f}), data wait {100 * m.data_wait_fraction:.1f}%"
-    )
+    ) + (f"; skipped {', '.join(f'{k} {n}' for k, n in m.skipped.items())}" if m.skipped else "")
 
 
 class ProgressMonitor:

@@ -13,6 +13,8 @@ import logging
 import os
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import ray.train
@@ -31,7 +33,7 @@ from glam.recipe import autocast_dtype, build_optimizer, learning_rate, set_lear
 from pipeline.datasets.train_manifest import TrainDataset
 from pipeline.runtime import failpoints
 from pipeline.train import progress as train_progress
-from pipeline.train.data import Batch, LoaderConfig, TrainLoader
+from pipeline.train.data import Batch, LoaderConfig, SkipCounts, TrainLoader
 from pipeline.train.metrics import TrainMetrics, publish
 from pipeline.train.spec import TrainJob
 from pipeline.train.state import TrainProgress, load_state, restore, save_state
@@ -82,8 +84,9 @@ class Meter:
         self.data_wait_s += wait_s
         self.replaced += batch.replaced
 
-    def combine(self, step: int, epoch: int, lr: float) -> TrainMetrics:
-        """All workers' numbers: sums for loss/accuracy, per-worker images/s (a collective)."""
+    def combine(self, step: int, epoch: int, lr: float, skipped: Mapping[str, int]) -> TrainMetrics:
+        """All workers' numbers: sums for loss/accuracy, per-worker images/s, samples skipped
+        by reason since the run (re)started (collectives: every worker calls it)."""
         loss_sum, correct = self.sums.tolist()  # waits for this worker's queued steps
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         mine = torch.tensor(
@@ -100,10 +103,16 @@ class Meter:
         )
         world = dist.get_world_size() if dist.is_initialized() else 1
         gathered = [torch.zeros_like(mine) for _ in range(world)]
+        skips: list[Any] = [dict(skipped)]
         if world > 1:
             dist.all_gather(gathered, mine)
+            skips = [None] * world
+            dist.all_gather_object(skips, dict(skipped))
         else:
             gathered = [mine]
+        skipped_total: Counter[str] = Counter()
+        for counts in skips:
+            skipped_total.update(counts or {})
         rows = torch.stack(gathered).cpu()  # (world, 6)
         total = rows.sum(dim=0)
         samples = max(float(total[2]), 1.0)
@@ -117,6 +126,7 @@ class Meter:
             replaced_samples=int(total[3]),
             images_per_s_per_worker=[round(float(r), 3) for r in rows[:, 4]],
             data_wait_fraction=round(float(rows[:, 5].max()), 4),
+            skipped=dict(sorted(skipped_total.items())),
         )
 
 
@@ -168,6 +178,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     )
     meta = {"job": payload["job"], "dataset": payload["dataset"], "world": world}
     reporter = Reporter(job, net, optimizer, scaler, device, meta, total_steps, board)
+    reporter.skipped = loader.skipped
     while progress.step < total_steps:
         epoch, start = divmod(progress.step, steps_per_epoch)
         t_wait = time.perf_counter()
@@ -214,13 +225,15 @@ class Reporter:
         self.rank = ray.train.get_context().get_world_rank()
         self.board = board  # the driver's progress actor (not saved: it lives for one run)
         self.meter = Meter(device)
+        self.skipped = SkipCounts()  # the loader's, set once it exists
 
     def after_step(self, progress: TrainProgress, epoch: int, epoch_end: bool) -> None:
         step = progress.step
         save = epoch_end or step % self.job.checkpoint_every == 0
         if not (save or step % self.job.log_every == 0):
             return
-        point = self.meter.combine(step, epoch, self.optimizer.param_groups[0]["lr"])
+        lr = self.optimizer.param_groups[0]["lr"]
+        point = self.meter.combine(step, epoch, lr, self.skipped.counts)
         progress.history.append(point)
         publish(point, self.rank)
         if self.rank == 0:

@@ -127,3 +127,20 @@ def test_dataset_from_manifest_or_flags(tmp_path: Path) -> None:
         load_dataset(pattern)
     ds = load_dataset(pattern, num_classes=4, num_samples=3)
     assert (len(ds.shards), ds.num_classes, ds.num_samples) == (3, 4, 3)
+
+
+def test_skipped_samples_reach_the_reported_metrics(tmp_path: Path) -> None:
+    """The loader's counts travel in every log point (and so into _train.json and the log)."""
+    from pipeline.train.progress import LogPoint, describe
+    from pipeline.train.worker import Meter
+
+    rng = np.random.default_rng(0)
+    good = [(f"ok{i}", {"jpg": encode(image(rng, 64, 64)), "cls": b"1"}) for i in range(6)]
+    write_sharded(str(tmp_path), [("nolabel", {"jpg": good[0][1]["jpg"]}), *good], 100)
+    loader = TrainLoader([str(tmp_path / "000000.tar")], 0, 1, 0, config(shuffle_buffer=0))
+    list(loader.batches(0, 0, 1))
+    meter = Meter(torch.device("cpu"))  # world of one: no process group needed
+    point = meter.combine(step=1, epoch=0, lr=0.1, skipped=loader.skipped.counts)
+    assert point.skipped == {"bad_label": 1}
+    assert point.reported()["skipped_samples"] == 1
+    assert describe(LogPoint(point), 10).endswith("; skipped bad_label 1")
