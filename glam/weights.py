@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import pickle
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +126,21 @@ def load_checkpoint(uri: str) -> Checkpoint:
                 raise CheckpointError(f"{uri}: expected a state dict, found a {type(obj).__name__}")
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as e:
+        # torch's text advises weights_only=False, i.e. running the file's code: the one thing
+        # not to do with a file from elsewhere. Only its diagnosis is kept.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{uri}: refused: it holds Python objects ({found.group(1)}) besides tensors, "
+                "and unpickling them could run code; convert it to safetensors where its "
+                "source is trusted"
+            ) from None
+        why = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        raise CheckpointError(
+            f"{uri}: not a readable safetensors or torch checkpoint "
+            f"(UnpicklingError: {why[0][:200] if why else ''})"
+        ) from None
     except Exception as e:  # corrupt bytes can fail anywhere in the unpickler or parser
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
