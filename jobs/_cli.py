@@ -84,4 +84,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose_argument(p)
+
+
+def add_verbose_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``-v``: debug logging, and a failure's traceback with its causes."""
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging; tracebacks of failures"
+    )

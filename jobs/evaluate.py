@@ -14,13 +14,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 NAMES = {"roxford5k": "ROxf", "rparis6k": "RPar"}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    add_verbose_argument(p)
     p.add_argument("--gnd", required=True, help="revisitop ground truth (gnd_roxford5k.pkl, ...)")
     p.add_argument("--queries", required=True, help="descriptors of the query crops (qimlist)")
     p.add_argument("--database", required=True, help="descriptors of the database (imlist)")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         help="top-k read from an approximate distractor index (1000)",
     )
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.evaluate.report import evaluate, markdown

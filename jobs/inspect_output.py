@@ -10,14 +10,15 @@ from dataclasses import asdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inspect_output.py", description=__doc__)
+    add_verbose_argument(p)
     p.add_argument("output", help="output folder URI of jobs/extract.py")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.extract.summary import summarize

@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def size(text: str) -> tuple[int, int]:
@@ -21,6 +21,7 @@ def size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make_shards.py", description=__doc__)
+    add_verbose_argument(p)
     p.add_argument("--output", required=True, help="folder URI for 000000.tar, 000001.tar, ...")
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--images", type=int, default=8, help="valid images per shard")
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, write_shards

@@ -16,11 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prepare_gldv2.py", description=__doc__.split("\n\n")[0])
+    add_verbose_argument(p)
     p.add_argument("--csv", required=True, help="URI of GLDv2's train_clean.csv")
     p.add_argument("--images", required=True, help="URI of the folder holding <a>/<b>/<c>/<id>.jpg")
     p.add_argument("--output", required=True, help="shard folder URI (local path or s3://)")
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.datasets.gldv2 import PrepareSpec, prepare

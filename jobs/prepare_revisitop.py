@@ -13,11 +13,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prepare_revisitop.py", description=__doc__.split("\n\n")[0])
+    add_verbose_argument(p)
     p.add_argument(
         "--root",
         required=True,
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (1000)")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.datasets.revisitop import prepare_dataset, prepare_distractors

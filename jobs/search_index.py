@@ -12,18 +12,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="search_index.py", description=__doc__.split("\n\n")[0])
+    add_verbose_argument(p)
     p.add_argument("--index", required=True, help="index folder URI")
     p.add_argument("--version", default=None, help="index version (default: LATEST)")
     p.add_argument("--descriptors", required=True, help="descriptor output holding the queries")
     p.add_argument("--key", action="append", required=True, help="query key (repeatable)")
     p.add_argument("-k", type=int, default=10, help="results per query (10)")
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.index.search import ShardedIndex

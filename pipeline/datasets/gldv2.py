@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.datasets.train_manifest import DATASET_MANIFEST, FORMAT, LABEL_MAP
 from pipeline.io.shard_writer import tar_bytes
 from pipeline.io.storage import (
+    check_output_folder,
     exists,
     filesystem,
     join,
@@ -47,6 +48,7 @@ class PrepareSpec:
     threads: int = 16  # concurrent image reads
 
     def __post_init__(self) -> None:
+        check_output_folder(self.output, self.images, "images")
         if self.shard_size <= 0 or self.threads <= 0:
             raise ValueError("shard_size and threads must be positive")
         if not 0.0 <= self.max_missing_fraction <= 1.0:

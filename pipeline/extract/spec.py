@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from glam.config import DEFAULT_SCALES
 from glam.preprocess import DEFAULT_MAX_PIXELS
-from pipeline.io.storage import check_uri
+from pipeline.io.storage import check_output_folder, check_uri
 
 # The largest image side accepted, and the largest side fed to the model after scaling: a
 # typo such as 20000 would need tens of GB per batch and kill every actor, so it is refused.
@@ -77,10 +77,7 @@ class ExtractionJob:
     def __post_init__(self) -> None:
         check_uri(self.input)
         check_uri(self.output)
-        if self.output.rstrip("/") == self.input.rsplit("/", 1)[0].rstrip("/"):
-            raise ValueError(
-                f"--output {self.output} is the input shards' own folder: use a folder of its own"
-            )
+        check_output_folder(self.output, self.input.rsplit("/", 1)[0], "input shards")
         if self.actors is not None and self.actors <= 0:
             raise ValueError(f"actors must be positive, got {self.actors}")
         if self.device not in ("auto", "gpu", "cpu"):

@@ -39,7 +39,12 @@ from pipeline.io.descriptor_reader import (
     list_descriptor_files,
 )
 from pipeline.io.descriptor_writer import parquet_bytes
-from pipeline.io.storage import join, upload_file_atomic, write_bytes_atomic
+from pipeline.io.storage import (
+    check_output_folder,
+    join,
+    upload_file_atomic,
+    write_bytes_atomic,
+)
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
@@ -190,6 +195,7 @@ def build_index(
     """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
     cluster), unless nothing changed since LATEST and ``force`` is False."""
     t0 = time.monotonic()
+    check_output_folder(output, descriptors, "descriptors")
     preflight(read=[descriptors], write=[output])
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)

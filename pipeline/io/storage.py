@@ -107,6 +107,17 @@ def unstrip(fs: AbstractFileSystem, path: str, like: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def check_output_folder(output: str, input_folder: str, what: str) -> None:
+    """Refuse an output folder that is the job's input folder (``what`` names the input)."""
+
+    def norm(uri: str) -> str:
+        uri = uri.removeprefix("file://").rstrip("/")
+        return os.path.abspath(uri) if "://" not in uri else uri
+
+    if norm(output) == norm(input_folder):
+        raise ValueError(f"--output {output} is the folder of the {what}: use a folder of its own")
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)

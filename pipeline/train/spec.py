@@ -10,7 +10,7 @@ from glam.config import GlamConfig
 from glam.preprocess import DEFAULT_MAX_PIXELS
 from glam.recipe import TrainConfig
 from pipeline.datasets.train_manifest import TrainDataset
-from pipeline.io.storage import check_uri
+from pipeline.io.storage import check_output_folder, check_uri
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrainJob:
     def __post_init__(self) -> None:
         for uri in (self.input, self.output, self.weights):
             check_uri(uri)
+        check_output_folder(self.output, self.input.rsplit("/", 1)[0], "training shards")
         for name in ("checkpoint_every", "keep_checkpoints", "log_every", "max_pixels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")

@@ -161,6 +161,18 @@ def test_sizes_beyond_the_stated_maximum_are_refused(tmp_path, capsys, extra, me
 
 
 def test_the_input_folder_is_refused_as_output(tmp_path, capsys) -> None:
+    from jobs.build_index import main as build_main
+    from jobs.prepare_gldv2 import main as prepare_main
+    from jobs.train import main as train_main
+
     folder = tmp_path / "shards"
-    assert extract_main(["--input", f"{folder}/*.tar", "--output", str(folder)]) == 1
-    assert "is the input shards' own folder" in capsys.readouterr().err
+    assert extract_main(["--input", f"{folder}/*.tar", "--output", f"{folder}/"]) == 1
+    assert f"--output {folder}/ is the folder of the input shards" in capsys.readouterr().err
+    assert train_main(["--input", f"{folder}/*.tar", "--output", str(folder)]) == 1
+    assert "is the folder of the training shards" in capsys.readouterr().err
+    assert build_main(["--descriptors", str(folder), "--output", f"file://{folder}"]) == 1
+    assert "is the folder of the descriptors" in capsys.readouterr().err
+    args = ["--csv", f"{folder}/t.csv", "--images", str(folder), "--output", str(folder)]
+    assert prepare_main(args) == 1
+    assert "is the folder of the images" in capsys.readouterr().err
+    assert not folder.exists()
