@@ -59,3 +59,21 @@ def _cpus_each(cpus: float, count: int, cap: int | None) -> float:
     each = cpus / count
     each = float(int(each)) if each >= 1 else round(each, 4)
     return min(each, cap) if cap else each
+
+
+def shortfall(plan: WorkerPlan, resources: dict[str, float]) -> str:
+    """What the cluster lacks today for ``plan`` (empty when it can start every worker): the
+    workers then wait for an autoscaler to add nodes, or forever on a fixed cluster."""
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 0))
+    if plan.use_gpu and gpus < plan.count:
+        return (
+            f"{plan.count} GPU workers are asked for and the cluster has {gpus} GPU(s) now: they "
+            "start when an autoscaler adds GPU nodes (on a cluster without one they never do: "
+            "use --device cpu, or fewer workers)"
+        )
+    if plan.count * plan.num_cpus > cpus:
+        return (
+            f"{plan.count} workers of {plan.num_cpus:g} CPUs are asked for and the cluster has "
+            f"{cpus:g} CPUs now: some start only when others finish or nodes are added"
+        )
+    return ""

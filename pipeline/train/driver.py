@@ -37,7 +37,7 @@ from pipeline.runtime import failpoints
 from pipeline.runtime.cluster import connect
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.records import check_fingerprint, now, versions
-from pipeline.runtime.resources import plan_workers
+from pipeline.runtime.resources import plan_workers, shortfall
 from pipeline.train import progress as train_progress
 from pipeline.train.metrics import TrainMetrics
 from pipeline.train.spec import TrainJob, fingerprint
@@ -128,6 +128,9 @@ def run_training(job: TrainJob) -> TrainResult:
     )
     if job.cpus_per_worker is not None:
         plan = replace(plan, num_cpus=job.cpus_per_worker)
+    missing = shortfall(plan, ray.cluster_resources())
+    if missing:
+        log.warning("%s", missing)
     steps_per_epoch = check_steps(job, dataset, plan.count)
     fp = fingerprint(job, dataset, plan.count)
     summary_uri = join(job.output, SUMMARY_FILE)

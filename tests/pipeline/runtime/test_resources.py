@@ -38,3 +38,16 @@ def test_errors_name_the_flag_of_the_job_that_asked() -> None:
         plan_workers({"CPU": 4}, None, "gpu", count_flag="--workers")
     with pytest.raises(ValueError, match="--workers 3 needs 3 GPUs"):
         plan_workers({"GPU": 2, "CPU": 8}, 3, count_flag="--workers")
+
+
+def test_a_shortfall_is_said_before_workers_wait_for_it() -> None:
+    from pipeline.runtime.resources import shortfall
+
+    gpu_plan = plan_workers({"CPU": 4}, 2, "gpu")
+    assert "2 GPU workers are asked for and the cluster has 0 GPU(s) now" in shortfall(
+        gpu_plan, {"CPU": 4}
+    )
+    assert shortfall(gpu_plan, {"CPU": 4, "GPU": 2}) == ""
+    cpu_plan = WorkerPlan(3, False, 2.0)
+    assert "3 workers of 2 CPUs" in shortfall(cpu_plan, {"CPU": 4})
+    assert shortfall(plan_workers({"CPU": 8}, None), {"CPU": 8}) == ""
