@@ -161,6 +161,9 @@ def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | No
     """
     config = getattr(model, "config", None)
     meta = {"format": CHECKPOINT_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    if isinstance(config, GlamConfig):
+        # Which Table 4 variant, spelled out (the config omits it for the default model).
+        meta["attention"] = config.attention
     state = _cpu_state_dict(model)
     if uri.endswith(".safetensors"):
         if config is not None:
