@@ -154,6 +154,45 @@ def load_checkpoint(uri: str) -> Checkpoint:
     return Checkpoint(state_dict=state, config=config, sha256=digest, metadata=metadata)
 
 
+@dataclass(frozen=True)
+class ForeignCheckpoint:
+    """A checkpoint of another code base, as its torch file holds it (any nesting)."""
+
+    obj: Any
+    sha256: str
+
+
+def _numpy_globals() -> list[Any]:
+    """What unpickling a numpy array needs, under the names numpy 1 and 2 pickle it with
+    (cirtorch stores its learned whitening as numpy arrays in the checkpoint's ``meta``)."""
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int64)]
+    return [
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+    ]
+
+
+def load_foreign_checkpoint(uri: str) -> ForeignCheckpoint:
+    """Read another code base's torch checkpoint from any fsspec URI, with
+    ``weights_only=True``: tensors, containers, strings and numbers, plus numpy arrays."""
+    data = _read_uri(uri)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt bytes can fail anywhere in the unpickler
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{uri}: not a readable torch checkpoint ({type(e).__name__}: {first_line[:200]})"
+        ) from e
+    return ForeignCheckpoint(obj, sha256_hex(data))
+
+
 def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | None = None) -> str:
     """Write the model's weights and config to ``uri`` atomically; return the file's sha256.
 
