@@ -27,6 +27,8 @@ class InputNormalization(nn.Module):
             torch.tensor(std)
         )
         # Not persistent: derived from the config, so checkpoints hold no extra keys.
+        self.scale: torch.Tensor
+        self.shift: torch.Tensor
         self.register_buffer("scale", scale.float().view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.float().view(1, 3, 1, 1), persistent=False)
 

@@ -167,7 +167,7 @@ def _numpy_globals() -> list[Any]:
     (cirtorch stores its learned whitening as numpy arrays in the checkpoint's ``meta``)."""
     import numpy as np
 
-    reconstruct = np._core.multiarray._reconstruct
+    reconstruct = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
     dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int64)]
     return [
         reconstruct,
