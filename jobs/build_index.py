@@ -48,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAISS on the GPU (default: when available)",
     )
     gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
+    post = p.add_argument_group("post-processing (stored in the version)")
+    post.add_argument(
+        "--whitening",
+        default=None,
+        help="whitening file (learn_whitening.py) applied to every stored vector and, "
+        "automatically, to every query",
+    )
+    post.add_argument(
+        "--dba",
+        type=int,
+        default=None,
+        metavar="K",
+        help="database-side augmentation with each vector's K nearest neighbours, found with "
+        "the version's own index",
+    )
+    post.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
     add_cluster_arguments(p)
     return p
 
@@ -58,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from pipeline.index.build import IndexBuildConfig, build_index
+        from pipeline.index.expansion import DbaConfig
         from pipeline.runtime.cluster import connect
 
         cfg = IndexBuildConfig(
@@ -67,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             retention=args.retention,
             use_gpu=args.use_gpu,
+            whitening=args.whitening,
+            dba=DbaConfig(args.dba, args.dba_alpha) if args.dba else None,
         )
         connect(args.ray_address)
         result = build_index(args.descriptors, args.output, cfg, force=args.force)
@@ -77,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"built {args.output} version {result.version}: {result.vectors} vectors in "
                 f"{len(result.shard_counts)} shards, {result.seconds:.1f}s"
             )
+            if result.dba is not None:
+                print(
+                    f"DBA k={result.dba.k} alpha={result.dba.alpha:g}: {result.dba.seconds:.1f}s, "
+                    f"peak RSS {result.dba.peak_rss_bytes / 2**30:.2f} GiB"
+                )
         return 0
 
     return run_main(run)

@@ -14,7 +14,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_verbose_argument, run_main, setup_logging
+from jobs._cli import (
+    add_postprocessing_arguments,
+    add_verbose_argument,
+    query_options,
+    run_main,
+    setup_logging,
+)
 
 NAMES = {"roxford5k": "ROxf", "rparis6k": "RPar"}
 
@@ -35,14 +41,42 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="top-k read from an approximate distractor index (1000)",
     )
+    post = p.add_argument_group("database-side post-processing (issue 12)")
+    post.add_argument(
+        "--whitening",
+        default=None,
+        help="whitening file applied to queries and database (default: the distractor "
+        "index's own, when it was built with one)",
+    )
+    post.add_argument(
+        "--dba",
+        type=int,
+        default=None,
+        metavar="K",
+        help="database-side augmentation with K neighbours (the distractor index must have "
+        "been built with the same --dba)",
+    )
+    post.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
+    add_postprocessing_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def run() -> int:
+        from pipeline.evaluate.postprocess import EvalPostProcessing
         from pipeline.evaluate.report import evaluate, markdown
+        from pipeline.index.expansion import DbaConfig
         from pipeline.io.storage import write_bytes_atomic
 
-        report = evaluate(args.gnd, args.queries, args.database, args.distractors, args.approx_k)
+        options = query_options(args)
+        post = EvalPostProcessing(
+            whitening=args.whitening,
+            dba=DbaConfig(args.dba, args.dba_alpha) if args.dba else None,
+            qe=options.qe,
+            rerank=options.rerank,
+        )
+        report = evaluate(
+            args.gnd, args.queries, args.database, args.distractors, args.approx_k, post
+        )
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
         name = args.name or NAMES.get(stem, stem)
         table = markdown(report, name)
