@@ -25,6 +25,7 @@ from glam.model import GLAM
 from glam.weights import load_state_dict_strict
 
 
+@torch.no_grad()
 def head_affine(model: GLAM) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, c) with BN(FC(x)) = A x + c in eval mode: A (dim, C), c (dim,), float64."""
     bn = model.bn
