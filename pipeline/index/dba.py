@@ -65,7 +65,7 @@ def augment_version(
         for uri, first_id in files:
             offset = first_id
             for _, _, x in iter_batches(uri, cfg.batch_rows):
-                x = x if whitening is None else whitening.apply(x)
+                x = np.array(x) if whitening is None else whitening.apply(x)  # writable
                 own = np.arange(offset, offset + len(x), dtype=np.int64)
                 found = index.search(x, cfg.k + 1, prepared=True)
                 ids, sims = drop_self(found.ids, found.scores, own, cfg.k)
