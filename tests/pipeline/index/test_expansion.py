@@ -15,31 +15,7 @@ from pipeline.index.search import ShardedIndex
 from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import read_latest
 from tests.support.descriptors import DIM, unit, write_folder
-
-
-def ref_alpha_expand(v, neighbours, sims, alpha):
-    """v' = L2(v + Σ max(s_i, 0)^α x_i), one vector at a time."""
-    out = np.array(v, dtype=np.float64)
-    for x, s in zip(neighbours, sims, strict=True):
-        out = out + max(float(s), 0.0) ** alpha * np.asarray(x, dtype=np.float64)
-    return out / np.linalg.norm(out)
-
-
-def ref_rerank(q, top, k, beta):
-    """SuperGlobal's MDescAug + RerankwMDA for one query: a new order of the top M."""
-    m = len(top)
-    refined = []
-    for i in range(m):
-        sims = [float(np.dot(top[i], top[j])) for j in range(m)]
-        nearest = sorted(range(m), key=lambda j: -sims[j])[: k + 1]
-        weights = [1.0] + [beta * sims[j] for j in nearest[1:]]
-        acc = sum(w * top[j] for w, j in zip(weights, nearest, strict=True))
-        refined.append(acc / sum(weights))
-    s1 = [float(np.dot(q, r)) for r in refined]
-    best = sorted(range(m), key=lambda i: -s1[i])[: k + 1]
-    expanded = np.max([refined[i] for i in best], axis=0)
-    final = [(s1[i] + float(np.dot(expanded, refined[i]))) / 2 for i in range(m)]
-    return sorted(range(m), key=lambda i: -final[i]), sorted(final, reverse=True)
+from tests.support.postprocessing import ref_alpha_expand, ref_dba, ref_rerank
 
 
 def clustered(n_clusters: int, per: int, seed: int, noise: float = 0.6) -> np.ndarray:
@@ -80,16 +56,6 @@ def test_rerank_changes_the_order() -> None:
     tops = np.stack([x[np.argsort(-(x @ qi))[:40]] for qi in q])
     order, _ = rerank(q, tops, RerankConfig(40, 9, 0.15))
     assert any(order[i].tolist() != list(range(40)) for i in range(3))
-
-
-def ref_dba(x: np.ndarray, k: int, alpha: float) -> np.ndarray:
-    """Every vector expanded with its k nearest other vectors (exact, brute force)."""
-    out = np.empty_like(x)
-    sims = x @ x.T
-    for i in range(len(x)):
-        order = [j for j in np.argsort(-sims[i], kind="stable") if j != i][:k]
-        out[i] = ref_alpha_expand(x[i], x[order], sims[i][order], alpha)
-    return out
 
 
 def test_dba_at_build_time_matches_the_reference(ray_local, s3_bucket: str, capsys) -> None:
