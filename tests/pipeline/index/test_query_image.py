@@ -57,7 +57,7 @@ def test_an_index_without_an_extraction_record_is_a_clear_error() -> None:
             "descriptor_model": {},
             "created_at": "",
             "faiss": "",
-        }  # fmt: skip
+        }
     )
     with pytest.raises(ValueError, match="does not record how its descriptors were extracted"):
         extraction_of(manifest)
