@@ -26,8 +26,9 @@ class DbaConfig:
 
     k: int  # neighbours per vector (itself excluded)
     alpha: float = DEFAULT_ALPHA
-    # Vectors searched per batch while augmenting (memory: batch x k x d floats).
-    batch_rows: int = 8192
+    # Vectors searched per batch while augmenting. Memory: a flat shard's search holds
+    # batch x 131072 scores (0.5 GiB at 1024), plus batch x k x d neighbour floats.
+    batch_rows: int = 1024
     # NOTE: not in paper: IVF cells visited when an IVF index finds the neighbours.
     nprobe: int = 16
 
