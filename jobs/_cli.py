@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pipeline.index.expansion import DbaConfig
     from pipeline.index.query import QueryOptions
 
 
@@ -96,6 +97,22 @@ def add_verbose_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
     p.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging; tracebacks of failures"
     )
+
+
+def add_database_arguments(
+    p: argparse.ArgumentParser, title: str, whitening_help: str, dba_help: str
+) -> None:
+    """--whitening, --dba and --dba-alpha (issue 12): build_index.py and evaluate.py."""
+    g = p.add_argument_group(title)
+    g.add_argument("--whitening", default=None, help=whitening_help)
+    g.add_argument("--dba", type=int, default=None, metavar="K", help=dba_help)
+    g.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
+
+
+def dba_config(args: argparse.Namespace) -> DbaConfig | None:
+    from pipeline.index.expansion import DbaConfig
+
+    return DbaConfig(args.dba, args.dba_alpha) if args.dba else None
 
 
 def add_postprocessing_arguments(p: argparse.ArgumentParser) -> None:

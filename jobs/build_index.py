@@ -13,7 +13,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_cluster_arguments, run_main, setup_logging
+from jobs._cli import (
+    add_cluster_arguments,
+    add_database_arguments,
+    dba_config,
+    run_main,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,22 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAISS on the GPU (default: when available)",
     )
     gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
-    post = p.add_argument_group("post-processing (stored in the version)")
-    post.add_argument(
-        "--whitening",
-        default=None,
-        help="whitening file (learn_whitening.py) applied to every stored vector and, "
+    add_database_arguments(
+        p,
+        "post-processing (stored in the version)",
+        "whitening file (learn_whitening.py) applied to every stored vector and, "
         "automatically, to every query",
+        "database-side augmentation with each vector's K nearest neighbours, found with the "
+        "version's own index",
     )
-    post.add_argument(
-        "--dba",
-        type=int,
-        default=None,
-        metavar="K",
-        help="database-side augmentation with each vector's K nearest neighbours, found with "
-        "the version's own index",
-    )
-    post.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
     add_cluster_arguments(p)
     return p
 
@@ -74,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from pipeline.index.build import IndexBuildConfig, build_index
-        from pipeline.index.expansion import DbaConfig
         from pipeline.runtime.cluster import connect
 
         cfg = IndexBuildConfig(
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             retention=args.retention,
             use_gpu=args.use_gpu,
             whitening=args.whitening,
-            dba=DbaConfig(args.dba, args.dba_alpha) if args.dba else None,
+            dba=dba_config(args),
         )
         connect(args.ray_address)
         result = build_index(args.descriptors, args.output, cfg, force=args.force)

@@ -15,8 +15,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs._cli import (
+    add_database_arguments,
     add_postprocessing_arguments,
     add_verbose_argument,
+    dba_config,
     query_options,
     run_main,
     setup_logging,
@@ -41,22 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="top-k read from an approximate distractor index (1000)",
     )
-    post = p.add_argument_group("database-side post-processing (issue 12)")
-    post.add_argument(
-        "--whitening",
-        default=None,
-        help="whitening file applied to queries and database (default: the distractor "
-        "index's own, when it was built with one)",
+    add_database_arguments(
+        p,
+        "database-side post-processing",
+        "whitening file applied to queries and database (default: the distractor index's "
+        "own, when it was built with one)",
+        "database-side augmentation with K neighbours (the distractor index must have been "
+        "built with the same --dba)",
     )
-    post.add_argument(
-        "--dba",
-        type=int,
-        default=None,
-        metavar="K",
-        help="database-side augmentation with K neighbours (the distractor index must have "
-        "been built with the same --dba)",
-    )
-    post.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
     add_postprocessing_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -64,13 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from pipeline.evaluate.postprocess import EvalPostProcessing
         from pipeline.evaluate.report import evaluate, markdown
-        from pipeline.index.expansion import DbaConfig
         from pipeline.io.storage import write_bytes_atomic
 
         options = query_options(args)
         post = EvalPostProcessing(
             whitening=args.whitening,
-            dba=DbaConfig(args.dba, args.dba_alpha) if args.dba else None,
+            dba=dba_config(args),
             qe=options.qe,
             rerank=options.rerank,
         )
