@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,12 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep the first DIM rows of a PCA whitening (Lw) as the descriptor (default: all)",
     )
+    add_verbose_argument(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from glam.convert import ConversionOptions, convert_file

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_verbose_argument, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a model whose head is the identity, e.g. converted without whitening)",
     )
     p.add_argument("--output-checkpoint", default=None, help="where to write that checkpoint")
+    add_verbose_argument(p)
     return p
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) != (args.output_checkpoint is None):
         parser.error("--checkpoint and --output-checkpoint go together")
-    setup_logging()
+    setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.index.whitening import (
