@@ -21,6 +21,22 @@ BACKBONE_CHANNELS = {
 }
 
 SpatialActivation = Literal["none", "sigmoid"]
+# Table 4 of the paper: the baseline (GeM on the backbone), +local, +global, and the full model.
+Attention = Literal["none", "local", "global", "global-local"]
+ATTENTION_VARIANTS: tuple[str, ...] = ("none", "local", "global", "global-local")
+StreamFusion = Literal["residual", "stream"]
+
+# Fields added after the first release, with the value every earlier model had: written only
+# when they differ from it, so a model made before them keeps its identity (output
+# fingerprints, the index's descriptor model) and an old checkpoint loads as what it was.
+_LATER_FIELDS: dict[str, object] = {
+    "attention": "global-local",
+    "single_stream_fusion": "residual",
+    "head_prenorm": False,
+    "fc_bias": False,
+    "input_mean": None,
+    "input_std": None,
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,27 @@ class GlamConfig:
     # Dropout before the FC, active in training only.
     # NOTE: not in paper: the rate is not stated; 0 keeps eval and train heads identical.
     dropout: float = 0.0
+    # Which attention the model has (paper Table 4): "none" is the baseline GeM -> FC -> BN ->
+    # L2 on the backbone with no attention module at all; "local" and "global" keep one
+    # stream (§3.1 or §3.2); "global-local" is the paper's model (Eq. 7).
+    attention: Attention = "global-local"
+    # NOTE: not in paper: Table 4 does not say how a single stream meets the head. "residual"
+    # is Eq. 7 without the absent stream's term, w_x F^x + w F with the softmax over the two
+    # remaining weights (the full model's residual path kept); "stream" is F^x alone.
+    single_stream_fusion: StreamFusion = "residual"
+    # L2-normalise the GeM vector before the FC. Not part of GLAM: converted networks need it
+    # (cirtorch applies its whitening to the unit GeM vector), and so does a PCA-whitening
+    # fitted on unit descriptors when it becomes the FC (jobs/learn_whitening.py).
+    head_prenorm: bool = False
+    # A bias in the FC (the paper's FC has none: the batch norm after it has one). Converted
+    # whitening needs it: P(x - m) = Px - Pm.
+    fc_bias: bool = False
+    # The input normalisation the weights expect (mean and std of the [0, 1] RGB channels);
+    # None: ImageNet's, which is what extraction produces. Otherwise the model maps its
+    # ImageNet-normalised input to this one itself (glam.input_norm), so extraction needs no
+    # other setting. Converted checkpoints set it from the source's own metadata.
+    input_mean: tuple[float, float, float] | None = None
+    input_std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONE_CHANNELS:
@@ -82,14 +119,43 @@ class GlamConfig:
                 raise ValueError(f"{name} must be a positive finite number, got {v}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(
+                f"attention must be one of {', '.join(ATTENTION_VARIANTS)}, got {self.attention!r}"
+            )
+        if self.single_stream_fusion not in ("residual", "stream"):
+            raise ValueError(
+                "single_stream_fusion must be 'residual' or 'stream', "
+                f"got {self.single_stream_fusion!r}"
+            )
+        if (self.input_mean is None) != (self.input_std is None):
+            raise ValueError("input_mean and input_std are given together or not at all")
+        for name in ("input_mean", "input_std"):
+            v = getattr(self, name)
+            if v is not None and (len(v) != 3 or not all(math.isfinite(x) for x in v)):
+                raise ValueError(f"{name} must be three finite numbers, got {v}")
+        if self.input_std is not None and min(self.input_std) <= 0:
+            raise ValueError(f"input_std must be positive, got {self.input_std}")
 
     @property
     def channels(self) -> int:
         """C, the channel count of the backbone output F."""
         return BACKBONE_CHANNELS[self.backbone]
 
+    @property
+    def uses_local(self) -> bool:
+        return self.attention in ("local", "global-local")
+
+    @property
+    def uses_global(self) -> bool:
+        return self.attention in ("global", "global-local")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GlamConfig:
@@ -98,8 +164,9 @@ class GlamConfig:
         if unknown:
             raise ValueError(f"unknown GlamConfig fields: {sorted(unknown)}")
         kw = dict(d)
-        if "dilations" in kw:
-            kw["dilations"] = tuple(kw["dilations"])
+        for name in ("dilations", "input_mean", "input_std"):
+            if kw.get(name) is not None:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
 

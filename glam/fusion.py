@@ -7,17 +7,29 @@ from torch import nn
 
 
 class GlobalLocalFusion(nn.Module):
-    """F^gl = w_l F^l + w_g F^g + w F, with (w_l, w_g, w) = softmax of three learnable scalars."""
+    """F^gl = w_l F^l + w_g F^g + w F, with (w_l, w_g, w) = softmax of three learnable scalars.
 
-    def __init__(self) -> None:
+    ``terms`` = 2 serves the single-stream variants of Table 4 (Eq. 7 without the absent
+    stream's term): w_x F^x + w F with (w_x, w) = softmax of two scalars.
+    """
+
+    def __init__(self, terms: int = 3) -> None:
         super().__init__()
-        # Equal logits: the untrained fusion is the plain average of the three terms.
-        self.logits = nn.Parameter(torch.zeros(3))
+        if terms < 2:
+            raise ValueError(f"a fusion needs at least two terms, got {terms}")
+        # Equal logits: the untrained fusion is the plain average of the terms.
+        self.logits = nn.Parameter(torch.zeros(terms))
 
     def weights(self) -> torch.Tensor:
-        """(w_l, w_g, w): (3,), positive, summing to 1."""
+        """(w_l, w_g, w) (or (w_x, w)): positive, summing to 1."""
         return torch.softmax(self.logits, dim=0)
 
-    def forward(self, f_l: torch.Tensor, f_g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        w = self.weights().to(f.dtype)
-        return w[0] * f_l + w[1] * f_g + w[2] * f
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of ``features`` (each (B, C, H, W)), in the order of the logits."""
+        if len(features) != len(self.logits):
+            raise ValueError(f"expected {len(self.logits)} feature maps, got {len(features)}")
+        w = self.weights().to(features[0].dtype)
+        out = w[0] * features[0]
+        for i in range(1, len(features)):
+            out = out + w[i] * features[i]
+        return out

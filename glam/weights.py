@@ -115,7 +115,7 @@ def load_checkpoint(uri: str) -> Checkpoint:
             if "config" in metadata:
                 config_dict = json.loads(metadata["config"])
         else:
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            obj = _torch_load(data, uri)
             if isinstance(obj, Mapping) and "state_dict" in obj:
                 state = dict(obj["state_dict"])
                 config_dict = obj.get("config")
@@ -126,21 +126,6 @@ def load_checkpoint(uri: str) -> Checkpoint:
                 raise CheckpointError(f"{uri}: expected a state dict, found a {type(obj).__name__}")
     except CheckpointError:
         raise
-    except pickle.UnpicklingError as e:
-        # torch's text advises weights_only=False, i.e. running the file's code: the one thing
-        # not to do with a file from elsewhere. Only its diagnosis is kept.
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"{uri}: refused: it holds Python objects ({found.group(1)}) besides tensors, "
-                "and unpickling them could run code; convert it to safetensors where its "
-                "source is trusted"
-            ) from None
-        why = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-        raise CheckpointError(
-            f"{uri}: not a readable safetensors or torch checkpoint "
-            f"(UnpicklingError: {why[0][:200] if why else ''})"
-        ) from None
     except Exception as e:  # corrupt bytes can fail anywhere in the unpickler or parser
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
@@ -154,6 +139,68 @@ def load_checkpoint(uri: str) -> Checkpoint:
     return Checkpoint(state_dict=state, config=config, sha256=digest, metadata=metadata)
 
 
+@dataclass(frozen=True)
+class ForeignCheckpoint:
+    """A checkpoint of another code base, as its torch file holds it (any nesting)."""
+
+    obj: Any
+    sha256: str
+
+
+def _numpy_globals() -> list[Any]:
+    """What unpickling a numpy array needs, under the names numpy 1 and 2 pickle it with
+    (cirtorch stores its learned whitening as numpy arrays in the checkpoint's ``meta``)."""
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct  # type: ignore[attr-defined]
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int64)]
+    return [
+        reconstruct,
+        (reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        *dtypes,
+    ]
+
+
+def load_foreign_checkpoint(uri: str) -> ForeignCheckpoint:
+    """Read another code base's torch checkpoint from any fsspec URI, with
+    ``weights_only=True``: tensors, containers, strings and numbers, plus numpy arrays."""
+    data = _read_uri(uri)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = _torch_load(data, uri)
+    except CheckpointError:
+        raise
+    except Exception as e:  # corrupt bytes can fail anywhere in the unpickler
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{uri}: not a readable torch checkpoint ({type(e).__name__}: {first_line[:200]})"
+        ) from e
+    return ForeignCheckpoint(obj, sha256_hex(data))
+
+
+def _torch_load(data: bytes, uri: str) -> Any:
+    """``torch.load(weights_only=True)``; a refused Python object is named, without torch's
+    advice to load with weights_only=False, i.e. to run the file's code: the one thing not to
+    do with a file from elsewhere. Only its diagnosis is kept."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{uri}: refused: it holds Python objects ({found.group(1)}) besides tensors, "
+                "and unpickling them could run code; convert it to safetensors where its "
+                "source is trusted"
+            ) from None
+        why = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        raise CheckpointError(
+            f"{uri}: not a readable safetensors or torch checkpoint "
+            f"(UnpicklingError: {why[0][:200] if why else ''})"
+        ) from None
+
+
 def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | None = None) -> str:
     """Write the model's weights and config to ``uri`` atomically; return the file's sha256.
 
@@ -161,6 +208,9 @@ def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | No
     """
     config = getattr(model, "config", None)
     meta = {"format": CHECKPOINT_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    if isinstance(config, GlamConfig):
+        # Which Table 4 variant, spelled out (the config omits it for the default model).
+        meta["attention"] = config.attention
     state = _cpu_state_dict(model)
     if uri.endswith(".safetensors"):
         if config is not None:

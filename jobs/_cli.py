@@ -7,6 +7,11 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.index.expansion import DbaConfig
+    from pipeline.index.query import QueryOptions
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -91,4 +96,55 @@ def add_verbose_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
     """``-v``: debug logging, and a failure's traceback with its causes."""
     p.add_argument(
         "-v", "--verbose", action="store_true", help="debug logging; tracebacks of failures"
+    )
+
+
+def add_database_arguments(
+    p: argparse.ArgumentParser, title: str, whitening_help: str, dba_help: str
+) -> None:
+    """--whitening, --dba and --dba-alpha (issue 12): build_index.py and evaluate.py."""
+    g = p.add_argument_group(title)
+    g.add_argument("--whitening", default=None, help=whitening_help)
+    g.add_argument("--dba", type=int, default=None, metavar="K", help=dba_help)
+    g.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
+
+
+def dba_config(args: argparse.Namespace) -> DbaConfig | None:
+    from pipeline.index.expansion import DbaConfig
+
+    return DbaConfig(args.dba, args.dba_alpha) if args.dba else None
+
+
+def add_postprocessing_arguments(p: argparse.ArgumentParser) -> None:
+    """αQE and re-ranking flags, the same in search_index.py and evaluate.py (issue 12)."""
+    g = p.add_argument_group("query-side post-processing")
+    g.add_argument(
+        "--aqe",
+        type=int,
+        default=None,
+        metavar="K",
+        help="alpha-weighted query expansion with the top K results (Radenović et al.)",
+    )
+    g.add_argument("--aqe-alpha", type=float, default=3.0, help="alpha of alpha-QE (3)")
+    g.add_argument(
+        "--rerank",
+        action="store_true",
+        help="re-rank each query's top M with neighbour-refined descriptors (SuperGlobal)",
+    )
+    g.add_argument("--rerank-m", type=int, default=400, help="results re-ranked, M (400)")
+    g.add_argument("--rerank-k", type=int, default=9, help="neighbours refining each, K (9)")
+    g.add_argument("--rerank-beta", type=float, default=0.15, help="neighbour weight β (0.15)")
+
+
+def query_options(args: argparse.Namespace) -> QueryOptions:
+    """QueryOptions from the flags of ``add_postprocessing_arguments``."""
+    from pipeline.index.expansion import QeConfig
+    from pipeline.index.query import QueryOptions
+    from pipeline.index.rerank import RerankConfig
+
+    return QueryOptions(
+        qe=QeConfig(args.aqe, args.aqe_alpha) if args.aqe else None,
+        rerank=RerankConfig(args.rerank_m, args.rerank_k, args.rerank_beta)
+        if args.rerank
+        else None,
     )

@@ -13,7 +13,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_cluster_arguments, run_main, setup_logging
+from jobs._cli import (
+    add_cluster_arguments,
+    add_database_arguments,
+    dba_config,
+    run_main,
+    setup_logging,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="FAISS on the GPU (default: when available)",
     )
     gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
+    add_database_arguments(
+        p,
+        "post-processing (stored in the version)",
+        "whitening file (learn_whitening.py) applied to every stored vector and, "
+        "automatically, to every query",
+        "database-side augmentation with each vector's K nearest neighbours, found with the "
+        "version's own index",
+    )
     add_cluster_arguments(p)
     return p
 
@@ -67,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             retention=args.retention,
             use_gpu=args.use_gpu,
+            whitening=args.whitening,
+            dba=dba_config(args),
         )
         connect(args.ray_address)
         result = build_index(args.descriptors, args.output, cfg, force=args.force)
@@ -77,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"built {args.output} version {result.version}: {result.vectors} vectors in "
                 f"{len(result.shard_counts)} shards, {result.seconds:.1f}s"
             )
+            if result.dba is not None:
+                print(
+                    f"DBA k={result.dba.k} alpha={result.dba.alpha:g}: {result.dba.seconds:.1f}s, "
+                    f"peak RSS {result.dba.peak_rss_bytes / 2**30:.2f} GiB"
+                )
         return 0
 
     return run_main(run)

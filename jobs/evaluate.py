@@ -14,7 +14,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_verbose_argument, run_main, setup_logging
+from jobs._cli import (
+    add_database_arguments,
+    add_postprocessing_arguments,
+    add_verbose_argument,
+    dba_config,
+    query_options,
+    run_main,
+    setup_logging,
+)
 
 NAMES = {"roxford5k": "ROxf", "rparis6k": "RPar"}
 
@@ -35,14 +43,33 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="top-k read from an approximate distractor index (1000)",
     )
+    add_database_arguments(
+        p,
+        "database-side post-processing",
+        "whitening file applied to queries and database (default: the distractor index's "
+        "own, when it was built with one)",
+        "database-side augmentation with K neighbours (the distractor index must have been "
+        "built with the same --dba)",
+    )
+    add_postprocessing_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
     def run() -> int:
+        from pipeline.evaluate.postprocess import EvalPostProcessing
         from pipeline.evaluate.report import evaluate, markdown
         from pipeline.io.storage import write_bytes_atomic
 
-        report = evaluate(args.gnd, args.queries, args.database, args.distractors, args.approx_k)
+        options = query_options(args)
+        post = EvalPostProcessing(
+            whitening=args.whitening,
+            dba=dba_config(args),
+            qe=options.qe,
+            rerank=options.rerank,
+        )
+        report = evaluate(
+            args.gnd, args.queries, args.database, args.distractors, args.approx_k, post
+        )
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
         name = args.name or NAMES.get(stem, stem)
         table = markdown(report, name)

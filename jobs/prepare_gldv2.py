@@ -35,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         "fraction; more fails the run (0.01)",
     )
     p.add_argument("--threads", type=int, default=16, help="concurrent image reads (16)")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="exclusion list, CSV with a header: landmark_id (landmarks removed) or id / "
+        "image_id / images (images removed), e.g. the landmarks RGLDv2-clean removes "
+        "(repeatable)",
+    )
     return p
 
 
@@ -53,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             max_missing_fraction=args.max_missing_fraction,
             threads=args.threads,
+            exclude=tuple(args.exclude),
         )
         manifest = prepare(spec)
         shards = manifest["shards"]
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             "shards": len(shards) if isinstance(shards, dict) else shards,
             "missing": manifest["missing"],
         }
+        if "excluded" in manifest:
+            summary["excluded"] = manifest["excluded"]
         print(json.dumps(summary))
         return 0
 

@@ -1,7 +1,9 @@
-"""Query an index version with descriptors of given keys: top-k keys and scores.
+"""Query an index version with descriptors of given keys, or with images: top-k keys and
+scores, with the version's whitening and optional alpha-QE and re-ranking.
 
     python jobs/search_index.py --index s3://b/indexes/r1 --descriptors s3://b/runs/q \
         --key all_souls_000013 -k 10
+    python jobs/search_index.py --index s3://b/indexes/r1 --image photo.jpg --aqe 2 --rerank
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_verbose_argument, run_main, setup_logging
+from jobs._cli import (
+    add_postprocessing_arguments,
+    add_verbose_argument,
+    query_options,
+    run_main,
+    setup_logging,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,25 +28,56 @@ def main(argv: list[str] | None = None) -> int:
     add_verbose_argument(p)
     p.add_argument("--index", required=True, help="index folder URI")
     p.add_argument("--version", default=None, help="index version (default: LATEST)")
-    p.add_argument("--descriptors", required=True, help="descriptor output holding the queries")
-    p.add_argument("--key", action="append", required=True, help="query key (repeatable)")
+    p.add_argument("--descriptors", help="descriptor output holding the --key queries")
+    p.add_argument("--key", action="append", default=[], help="query key (repeatable)")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        help="query image, a path or URI (repeatable): described with the index's own model "
+        "configuration and weights",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="with --image: where the index's weights are, when not where the extraction read "
+        "them (their sha256 must match)",
+    )
     p.add_argument("-k", type=int, default=10, help="results per query (10)")
+    add_postprocessing_arguments(p)
     args = p.parse_args(argv)
+    if not args.key and not args.image:
+        p.error("give at least one --key or --image")
+    if args.key and not args.descriptors:
+        p.error("--key needs --descriptors")
     setup_logging(args.verbose)
 
     def run() -> int:
+        import numpy as np
+
+        from pipeline.index.query import search
+        from pipeline.index.query_image import describe_images
         from pipeline.index.search import ShardedIndex
         from pipeline.io.descriptor_reader import read_descriptors
 
-        keys, x, identity = read_descriptors(args.descriptors)
-        rows = {k: i for i, k in enumerate(keys)}
-        missing = [k for k in args.key if k not in rows]
-        if missing:
-            raise ValueError(f"no descriptor for {missing}")
         index = ShardedIndex.load(args.index, args.version)
-        index.check_queries(identity, args.descriptors)
-        result = index.search(x[[rows[k] for k in args.key]], args.k)
-        for q, key in enumerate(args.key):
+        names, blocks = [], []
+        if args.key:
+            keys, x, identity = read_descriptors(args.descriptors)
+            rows = {k: i for i, k in enumerate(keys)}
+            missing = [k for k in args.key if k not in rows]
+            if missing:
+                raise ValueError(f"no descriptor for {missing}")
+            index.check_queries(identity, args.descriptors)
+            names += args.key
+            blocks.append(x[[rows[k] for k in args.key]])
+        if args.image:
+            names += args.image
+            blocks.append(describe_images(index.manifest, args.image, args.weights))
+        found = search(index, np.concatenate(blocks), args.k, query_options(args))
+        result = found.result
+        print(f"post-processing: {'; '.join(found.applied) or 'none'}")
+        for q, key in enumerate(names):
             print(f"query {key} (index {index.version}):")
             for rank, (hit, score) in enumerate(
                 zip(result.keys[q], result.scores[q], strict=False)

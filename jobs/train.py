@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backbone", default="resnet101", help="torchvision ResNet (resnet101)")
     model.add_argument("--dim", type=int, default=512, help="descriptor dimension (512)")
     model.add_argument(
+        "--attention",
+        choices=["none", "local", "global", "global-local"],
+        default="global-local",
+        help="the paper's Table 4 variant: none (GeM baseline), local, global, global-local "
+        "(the full model, default)",
+    )
+    model.add_argument(
         "--glam-config",
         type=json_object,
         default={},
@@ -166,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.aspect_ratios is not None:
             recipe["aspect_ratios"] = args.aspect_ratios
-        glam_kw = {"backbone": args.backbone, "dim": args.dim, **args.glam_config}
+        glam_kw = {
+            "backbone": args.backbone,
+            "dim": args.dim,
+            "attention": args.attention,
+            **args.glam_config,
+        }
         optional = {"max_pixels": args.max_pixels} if args.max_pixels is not None else {}
         job = TrainJob(
             input=args.input,

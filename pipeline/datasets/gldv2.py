@@ -1,7 +1,12 @@
 """GLDv2-clean -> shuffled, labelled WebDataset training shards.
 
-Input: ``train_clean.csv`` (``landmark_id,images`` with space-separated image ids) and the
-images folder of the download (``train/<a>/<b>/<c>/<id>.jpg``), local or on an object store.
+Input: ``train_clean.csv`` (``landmark_id,images`` with space-separated image ids; a per-image
+table with ``id`` and ``landmark_id`` columns, like ``train.csv``, also works) and the images
+folder of the download (``train/<a>/<b>/<c>/<id>.jpg``), local or on an object store.
+Exclusion lists (CSV with a header) remove landmarks (a ``landmark_id`` column alone) or images
+(an ``id``/``image_id`` column, or ``images`` as in ``train_clean.csv``) before the labels are
+assigned: RGLDv2-clean (Song et al., CVPR 2024; dealicious-inc/RGLDv2-clean) removes the
+landmarks that GLDv2-clean shares with Revisited Oxford and Paris.
 Output: ``train-000000.tar``, ... (members ``jpg`` and ``cls``, the contiguous label), the label
 map ``label_map.csv`` (label, landmark_id, images) and ``_dataset.json`` (shards, sample counts,
 classes), written last: its presence means the dataset is complete.
@@ -14,10 +19,12 @@ import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from hashlib import sha256
 
 import numpy as np
 
 from pipeline.datasets.train_manifest import DATASET_MANIFEST, FORMAT, LABEL_MAP
+from pipeline.io.redact import redact_text
 from pipeline.io.shard_writer import tar_bytes
 from pipeline.io.storage import (
     check_output_folder,
@@ -46,6 +53,8 @@ class PrepareSpec:
     # Missing image files are skipped and listed, up to this fraction of the dataset.
     max_missing_fraction: float = 0.01
     threads: int = 16  # concurrent image reads
+    # URIs of exclusion lists (landmarks or images removed before labelling).
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_output_folder(self.output, self.images, "images")
@@ -55,30 +64,108 @@ class PrepareSpec:
             raise ValueError("max_missing_fraction must be in [0, 1]")
 
 
+def _landmark(value: str, where: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{where}: landmark_id {value!r} is not an integer") from None
+
+
 def read_clean_csv(uri: str) -> list[tuple[str, int]]:
-    """(image id, landmark id) pairs of a GLDv2 ``train_clean.csv``, in file order."""
+    """(image id, landmark id) pairs of a GLDv2 ``train_clean.csv`` (``landmark_id,images``),
+    or of a per-image table with ``id`` and ``landmark_id`` columns, in file order."""
     text = read_bytes(uri).decode("utf-8")
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or [h.strip() for h in header[:2]] != ["landmark_id", "images"]:
-        raise ValueError(f"{uri}: expected the header 'landmark_id,images', got {header}")
+    header = [h.strip() for h in next(reader, None) or []]
     pairs: list[tuple[str, int]] = []
-    for line_no, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != 2:
-            raise ValueError(f"{uri}:{line_no}: expected 2 columns, got {len(row)}")
-        try:
-            landmark = int(row[0])
-        except ValueError:
-            raise ValueError(f"{uri}:{line_no}: landmark_id {row[0]!r} is not an integer") from None
-        pairs.extend((image_id, landmark) for image_id in row[1].split())
+    if header[:2] == ["landmark_id", "images"]:
+        for line_no, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{uri}:{line_no}: expected 2 columns, got {len(row)}")
+            landmark = _landmark(row[0], f"{uri}:{line_no}")
+            pairs.extend((image_id, landmark) for image_id in row[1].split())
+    elif "id" in header and "landmark_id" in header:
+        i, lm = header.index("id"), header.index("landmark_id")
+        for line_no, row in enumerate(reader, start=2):
+            if row:
+                pairs.append((row[i].strip(), _landmark(row[lm], f"{uri}:{line_no}")))
+    else:
+        raise ValueError(
+            f"{uri}: expected the header 'landmark_id,images' (or columns id and landmark_id), "
+            f"got {header}"
+        )
     if not pairs:
         raise ValueError(f"{uri}: no images listed")
     ids = [p[0] for p in pairs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{uri}: some image ids are listed more than once")
     return pairs
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Landmarks and images to leave out, from one or more exclusion lists."""
+
+    landmarks: frozenset[int] = frozenset()
+    images: frozenset[str] = frozenset()
+
+    def keeps(self, image_id: str, landmark: int) -> bool:
+        return landmark not in self.landmarks and image_id not in self.images
+
+
+def read_exclusion(uri: str) -> Exclusion:
+    """An exclusion list: CSV with a header naming ``landmark_id`` (landmarks removed) or an
+    image column (``id``, ``image_id``, or ``images`` with space-separated ids as in
+    ``train_clean.csv``; images removed, whatever the landmark column says)."""
+    text = read_bytes(uri).decode("utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    header = [h.strip() for h in rows[0]] if rows else []
+    body = [r for r in rows[1:] if r]
+    image_col = next((c for c in ("id", "image_id", "images") if c in header), None)
+    if image_col is not None:
+        i = header.index(image_col)
+        images = {image for r in body for image in r[i].split()}
+        return Exclusion(images=frozenset(images))
+    if "landmark_id" in header:
+        i = header.index("landmark_id")
+        landmarks = {_landmark(r[i], f"{uri}:{n}") for n, r in enumerate(body, start=2)}
+        return Exclusion(landmarks=frozenset(landmarks))
+    raise ValueError(
+        f"{uri}: an exclusion list needs a header with landmark_id, or with id, image_id or "
+        f"images; got {header}"
+    )
+
+
+def apply_exclusions(
+    pairs: list[tuple[str, int]], uris: tuple[str, ...]
+) -> tuple[list[tuple[str, int]], dict[str, object]]:
+    """``pairs`` without the excluded landmarks and images, and what was removed."""
+    if not uris:
+        return pairs, {}
+    lists = [read_exclusion(u) for u in uris]
+    landmarks = frozenset().union(*(e.landmarks for e in lists))
+    images = frozenset().union(*(e.images for e in lists))
+    excluded = Exclusion(landmarks, images)
+    kept = [(i, lm) for i, lm in pairs if excluded.keeps(i, lm)]
+    before = {lm for _, lm in pairs}
+    after = {lm for _, lm in kept}
+    summary: dict[str, object] = {
+        "lists": [redact_text(u) for u in uris],
+        "images_removed": len(pairs) - len(kept),
+        "landmarks_removed": len(before - after),
+        "listed_but_absent": len(landmarks - before) + len(images - {i for i, _ in pairs}),
+    }
+    if not kept:
+        raise ValueError("the exclusion lists remove every image")
+    log.info(
+        "exclusion lists remove %d images of %d landmarks entirely (%d listed ids not in the csv)",
+        summary["images_removed"],
+        summary["landmarks_removed"],
+        summary["listed_but_absent"],
+    )
+    return kept, summary
 
 
 def image_uri(images: str, image_id: str) -> str:
@@ -123,8 +210,10 @@ def prepare(spec: PrepareSpec) -> dict[str, object]:
     """Write the shards, label map and manifest; resumable (finished shards are kept) and
     idempotent (a complete dataset with the same parameters is left as it is)."""
     # What decides the shards' content (not where they go, nor how fast or how tolerant).
-    ignored = ("output", "threads", "max_missing_fraction")
+    ignored = ("output", "threads", "max_missing_fraction", "exclude")
     params = {k: v for k, v in asdict(spec).items() if k not in ignored}
+    if spec.exclude:  # what the lists hold decides the shards, not where they are
+        params["exclude_sha256"] = [sha256(read_bytes(u)).hexdigest() for u in spec.exclude]
     manifest_uri = join(spec.output, DATASET_MANIFEST)
     existing = read_json(manifest_uri)
     if existing is not None:
@@ -142,7 +231,7 @@ def prepare(spec: PrepareSpec) -> dict[str, object]:
         )
     write_json_atomic(join(spec.output, PARAMS_FILE), params)
 
-    pairs = read_clean_csv(spec.csv)
+    pairs, excluded = apply_exclusions(read_clean_csv(spec.csv), spec.exclude)
     label_of = contiguous_labels(pairs)
     order = np.random.default_rng(spec.seed).permutation(len(pairs))
     items = [(pairs[i][0], label_of[pairs[i][1]]) for i in order]
@@ -184,6 +273,8 @@ def prepare(spec: PrepareSpec) -> dict[str, object]:
         "missing": len(missing),
         "label_map": LABEL_MAP,
     }
+    if excluded:
+        manifest["excluded"] = excluded
     write_json_atomic(manifest_uri, manifest)
     log.info(
         "wrote %d samples in %d shards to %s (%d missing)",

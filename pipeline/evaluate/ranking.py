@@ -36,7 +36,8 @@ def distractor_counter(
     index: ShardedIndex, queries: np.ndarray, k: int
 ) -> tuple[Callable[[int, np.ndarray], np.ndarray], bool]:
     """counts_above for the distractors, and whether it is exact (flat index: every distractor
-    scored) or a lower bound from the top-k of an approximate index."""
+    scored) or a lower bound from the top-k of an approximate index. ``queries`` are in the
+    index's space (its whitening applied: ``ShardedIndex.prepare_queries``)."""
     if index.exact:
         sorted_scores = []
         for s in range(len(index.shards)):
@@ -51,7 +52,7 @@ def distractor_counter(
             return len(ranked) - np.searchsorted(ranked, scores.astype(np.float32), side="right")
 
         return exact, True
-    top = index.search(queries, k).scores  # (nq, k), best first
+    top = index.search(queries, k, prepared=True).scores  # (nq, k), best first
 
     def lower_bound(q: int, scores: np.ndarray) -> np.ndarray:
         return (top[q][None, :] > scores[:, None].astype(np.float32)).sum(axis=1)

@@ -4,13 +4,19 @@ index: exact full-ranking positions with a flat index, a top-k lower bound other
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from pipeline.datasets.gnd import load_gnd
+from pipeline.evaluate.postprocess import (
+    EvalPostProcessing,
+    prepare,
+    ranking,
+    resolve_whitening,
+)
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
-from pipeline.evaluate.ranking import RankingModel, distractor_counter
 from pipeline.index.search import ShardedIndex
 from pipeline.io.descriptor_reader import read_descriptors
 
@@ -26,12 +32,10 @@ def _rows(keys: list[str], x: np.ndarray, wanted: list[str], what: str) -> np.nd
 
 
 def score_protocols(
-    gnd: list[dict[str, Any]], ranking: RankingModel
+    gnd: list[dict[str, Any]], positions_of: Callable[[int, np.ndarray], np.ndarray]
 ) -> dict[str, dict[str, float]]:
     return {
-        p: evaluate_positions(
-            ranking.positions_of, protocol_ground_truth(gnd, p), KAPPAS
-        ).as_report()
+        p: evaluate_positions(positions_of, protocol_ground_truth(gnd, p), KAPPAS).as_report()
         for p in PROTOCOLS
     }
 
@@ -42,9 +46,12 @@ def evaluate(
     database: str,
     distractors: str | None = None,
     approx_k: int = 1000,
+    post: EvalPostProcessing | None = None,
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
-    and the database-only figures under ``without_distractors``."""
+    and the database-only figures under ``without_distractors``; ``post``: whitening, DBA, αQE
+    and re-ranking (``pipeline.evaluate.postprocess``), listed under ``postprocessing``."""
+    post = post or EvalPostProcessing()
     truth = load_gnd(gnd_uri)
     q_keys, q_x, q_model = read_descriptors(queries)
     d_keys, d_x, d_model = read_descriptors(database)
@@ -52,16 +59,24 @@ def evaluate(
         raise ValueError("queries and database descriptors come from different models/configs")
     q = _rows(q_keys, q_x, truth.qimlist, "query")
     x = _rows(d_keys, d_x, truth.imlist, "database")
-    db_scores = q @ x.T
     gnd = truth.gnd
-    report: dict[str, Any] = score_protocols(gnd, RankingModel(db_scores))
-    report.update(queries=len(q), database=len(x), distractors=0, exact=True)
+    index = None
     if distractors:
         index = ShardedIndex.load(distractors)
         index.check_queries(d_model, database)
-        counts, exact = distractor_counter(index, q, approx_k)
+    # The same whitening with and without distractors (the flag's, or the index's own).
+    whitening = resolve_whitening(post, index)
+    alone = prepare(q, x, None, post, whitening)
+    positions, _ = ranking(alone, None, post, approx_k)
+    report: dict[str, Any] = score_protocols(gnd, positions)
+    report.update(queries=len(q), database=len(x), distractors=0, exact=True)
+    report["postprocessing"] = alone.applied
+    if index is not None:
+        prepared = prepare(q, x, index, post, whitening)
+        positions, exact = ranking(prepared, index, post, approx_k)
         without = {p: report[p] for p in PROTOCOLS}
-        report.update(score_protocols(gnd, RankingModel(db_scores, counts)))
+        report.update(score_protocols(gnd, positions))
+        report["postprocessing"] = prepared.applied
         report.update(
             distractors=index.ntotal,
             exact=exact,
@@ -96,4 +111,6 @@ def markdown(report: dict[str, Any], name: str) -> str:
             + " | ".join(f"{100 * r[k]:.2f}" for k in ("mAP", "mP@1", "mP@5", "mP@10"))
             + " |"
         )
+    steps = report.get("postprocessing") or ["none"]
+    lines += ["", "Post-processing: " + "; ".join(steps) + "."]
     return "\n".join(lines) + "\n"

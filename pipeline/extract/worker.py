@@ -64,7 +64,10 @@ class ShardWorker:
         )
         self.extractor = GlamExtractor(model, extract_cfg, device=device)
         self.fingerprint = fingerprint(spec, model.config.to_dict(), model.weights_sha256)
-        self.metadata = file_metadata(self.fingerprint, glam.__version__)
+        # issue 12: where the weights are, for search by image (jobs/search_index.py --image).
+        self.metadata = file_metadata(
+            self.fingerprint, glam.__version__, redact_text(spec.weights or "random"), spec.seed
+        )
         self.dim = model.config.dim
         log.info("worker %s ready on %s", name, self.extractor.device)
 

@@ -9,6 +9,7 @@ unchanged since LATEST are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,20 +24,31 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from pipeline.index.expansion import DbaConfig
+from pipeline.index.postprocess import (
+    extraction_record,
+    load_build_whitening,
+    store_whitening,
+    version_whitening,
+)
 from pipeline.index.versions import (
+    DbaRecord,
     IndexInput,
     IndexManifest,
+    PostProcessing,
     new_version_name,
     prune_versions,
     publish,
     read_latest,
     write_manifest,
 )
+from pipeline.index.whitening import Whitening
 from pipeline.io.descriptor_reader import (
     DescriptorFile,
     check_same_model,
     iter_batches,
     list_descriptor_files,
+    sample_rows,
 )
 from pipeline.io.descriptor_writer import parquet_bytes
 from pipeline.io.storage import (
@@ -67,6 +79,10 @@ class IndexBuildConfig:
     batch_rows: int = 65536
     # None: FAISS on the GPU when faiss has GPU support and a GPU is visible.
     use_gpu: bool | None = None
+    # issue 12: a whitening file (jobs/learn_whitening.py) applied to every stored vector and,
+    # at search, to every query; and database-side augmentation (pipeline.index.dba).
+    whitening: str | None = None
+    dba: DbaConfig | None = None
 
     def __post_init__(self) -> None:
         if self.shards <= 0 or self.train_size <= 0 or self.retention <= 0:
@@ -86,11 +102,14 @@ class BuildResult:
     vectors: int = 0
     shard_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    dba: DbaRecord | None = None  # issue 12: DBA's time and memory when it ran
 
 
-def signature(files: list[DescriptorFile], cfg: IndexBuildConfig) -> str:
+def signature(
+    files: list[DescriptorFile], cfg: IndexBuildConfig, whitening_sha256: str | None = None
+) -> str:
     """What a version is a function of: the input files (URI, size, ETag) and the config."""
-    payload = {
+    payload: dict[str, object] = {
         "files": [[f.uri, f.size, f.etag] for f in files],
         "factory": cfg.factory,
         "shards": cfg.shards,
@@ -98,6 +117,11 @@ def signature(files: list[DescriptorFile], cfg: IndexBuildConfig) -> str:
         "seed": cfg.seed,
         "metric": "inner_product",
     }
+    # issue 12: post-processing, only when used (earlier versions keep their signatures).
+    if whitening_sha256 is not None:
+        payload["whitening"] = whitening_sha256
+    if cfg.dba is not None:
+        payload["dba"] = [cfg.dba.k, cfg.dba.alpha]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -114,20 +138,7 @@ def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
 
 def sample_training_vectors(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
     """``n`` vectors drawn uniformly without replacement across all files (not a prefix)."""
-    total = sum(f.rows for f in files)
-    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
-    out, start = [], 0
-    for f in files:
-        local = chosen[(chosen >= start) & (chosen < start + f.rows)] - start
-        if len(local):
-            offset = 0
-            for _, _, x in iter_batches(f.uri):
-                sel = local[(local >= offset) & (local < offset + len(x))] - offset
-                if len(sel):
-                    out.append(x[sel])
-                offset += len(x)
-        start += f.rows
-    return np.concatenate(out)
+    return sample_rows(files, n, seed)
 
 
 def _gpu_available(use_gpu: bool | None) -> bool:
@@ -151,7 +162,9 @@ def build_shard(
     trained: bytes | None,
     version_dir: str,
 ) -> int:
-    """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table."""
+    """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table.
+    With ``cfg.whitening`` (issue 12), the version's copy of it whitens every vector first."""
+    whitening = version_whitening(version_dir) if cfg.whitening else None
     index = _new_index(dim, cfg, trained)
     gpu = _gpu_available(cfg.use_gpu)
     if gpu:
@@ -160,7 +173,7 @@ def build_shard(
     for uri, first_id in files:
         offset = first_id
         for k, s, x in iter_batches(uri, cfg.batch_rows):
-            index.add(x)
+            index.add(x if whitening is None else whitening.apply(x))
             ids.append(np.arange(offset, offset + len(k), dtype=np.int64))
             keys.extend(k)
             sources.extend(s)
@@ -175,13 +188,18 @@ def build_shard(
         }
     )
     write_bytes_atomic(join(version_dir, f"ids-{shard:05d}.parquet"), parquet_bytes(table))
-    # Written to a local file by FAISS, then moved/uploaded: no in-memory serialised copy.
+    return save_index(index, join(version_dir, f"shard-{shard:05d}.faiss"))
+
+
+def save_index(index: faiss.Index, uri: str) -> int:
+    """Write ``index`` to ``uri`` atomically; return its vector count. Written to a local file
+    by FAISS, then moved/uploaded: no in-memory serialised copy."""
     fd, local = tempfile.mkstemp(suffix=".faiss")
     os.close(fd)
     faiss.write_index(index, local)
     count = int(index.ntotal)
     del index
-    upload_file_atomic(local, join(version_dir, f"shard-{shard:05d}.faiss"))
+    upload_file_atomic(local, uri)
     return count
 
 
@@ -199,7 +217,9 @@ def build_index(
     preflight(read=[descriptors], write=[output])
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)
-    sig = signature(files, cfg)
+    # issue 12 hook: the whitening to apply (checked against the descriptors' model).
+    whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)
+    sig = signature(files, cfg, whitening_sha)
     done = _up_to_date(descriptors, output, identity, sig, force)
     if done is not None:  # read only: a scheduled rebuild with nothing new writes nothing
         return done
@@ -207,7 +227,7 @@ def build_index(
         done = _up_to_date(descriptors, output, identity, sig, force)  # another build finished
         if done is not None:
             return done
-        return _build_version(files, identity, sig, output, cfg, lease, t0)
+        return _build_version(files, identity, sig, output, cfg, lease, t0, descriptors, whitening)
 
 
 def _up_to_date(
@@ -238,16 +258,24 @@ def _build_version(
     cfg: IndexBuildConfig,
     lease: Lease,
     t0: float,
+    descriptors: str,
+    whitening: Whitening | None = None,
 ) -> BuildResult:
-    """Train, fill every shard, write the manifest, then move LATEST (under the lease)."""
-    dim = files[0].dim
+    """Train, fill every shard, write the manifest, then move LATEST (under the lease).
+    Issue 12: ``whitening`` applies to every stored vector; DBA runs before the manifest."""
+    dim = files[0].dim if whitening is None else whitening.dim_out
     version = new_version_name(output, sig)
     lease.note(f"building version {version}")
     version_dir = join(output, version)
+    postprocessing = None
+    if whitening is not None and cfg.whitening is not None:  # issue 12 hook
+        postprocessing = store_whitening(cfg.whitening, whitening, version_dir)
     trained = None
     probe = faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
     if not probe.is_trained:
         sample = sample_training_vectors(files, cfg.train_size, cfg.seed)
+        if whitening is not None:
+            sample = whitening.apply(sample)
         log.info(
             "training %s on %d vectors sampled across %d files",
             cfg.factory,
@@ -267,7 +295,12 @@ def _build_version(
     trained_ref = ray.put(trained)
     refs = [
         task.remote(
-            s, [(files[i].uri, int(first_ids[i])) for i in idx], dim, cfg, trained_ref, version_dir
+            s,
+            [(files[i].uri, int(first_ids[i])) for i in idx],
+            dim,
+            cfg,
+            trained_ref,
+            version_dir,
         )
         for s, idx in enumerate(plan)
     ]
@@ -290,12 +323,29 @@ def _build_version(
         descriptor_model=identity,
         created_at=datetime.now(UTC).isoformat(),
         faiss=faiss.__version__,
+        postprocessing=postprocessing,
+        extraction=extraction_record(descriptors, files),  # issue 12: for search by image
     )
+    if cfg.dba is not None:  # issue 12 hook: DBA of the stored vectors, before publication
+        from pipeline.index.dba import augment_version
+
+        lease.note(f"DBA of version {version}")
+        record = augment_version(
+            version_dir,
+            manifest,
+            [[(files[i].uri, int(first_ids[i])) for i in idx] for idx in plan],
+            cfg.dba,
+            lambda: _new_index(dim, cfg, trained),
+            whitening,
+        )
+        manifest = dataclasses.replace(
+            manifest, postprocessing=PostProcessing(manifest.whitening, record)
+        )
     lease.check()  # a build whose lease was taken over publishes nothing
     write_manifest(output, manifest)
     publish(output, version)  # the commit point: LATEST moves, forward only
     prune_versions(output, cfg.retention, keep=version)
-    result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0)
+    result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0, manifest.dba)
     metrics.set_gauge("vectors", result.vectors)
     metrics.set_gauge("build", result.seconds)
     metrics.set_gauge("version", time.time())

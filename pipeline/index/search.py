@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
-from pipeline.io.storage import filesystem, join, local_copy
+from pipeline.index.whitening import Whitening
+from pipeline.io.storage import filesystem, join, local_copy, read_bytes
 from pipeline.runtime.records import check_fingerprint
 
 
@@ -48,6 +49,8 @@ class ShardedIndex:
     ids: list[np.ndarray]  # per shard: position -> global id
     keys: list[list[str]]
     sources: list[list[str]]
+    # issue 12: the version's query-side post-processing (its whitening), applied by search().
+    whitening: Whitening | None = None
 
     @classmethod
     def load(cls, output: str, version: str | None = None) -> ShardedIndex:
@@ -58,21 +61,35 @@ class ShardedIndex:
             version, manifest = latest
         else:
             manifest = read_manifest(output, version)
+        return cls.open(join(output, version), version, manifest)
+
+    @classmethod
+    def open(cls, folder: str, version: str, manifest: IndexManifest) -> ShardedIndex:
+        """The version in ``folder`` (also one still being built: DBA searches it)."""
         shards, ids, keys, sources = [], [], [], []
         for s in range(manifest.shards):
-            path, temporary = local_copy(join(output, version, f"shard-{s:05d}.faiss"))
+            path, temporary = local_copy(join(folder, f"shard-{s:05d}.faiss"))
             try:
                 shards.append(faiss.read_index(path))  # one copy in memory, not two
             finally:
                 if temporary:
                     os.remove(path)
-            fs, path = filesystem(join(output, version, f"ids-{s:05d}.parquet"))
+            fs, path = filesystem(join(folder, f"ids-{s:05d}.parquet"))
             with fs.open(path, "rb") as f:
                 table = pq.read_table(f)
             ids.append(table["id"].to_numpy())
             keys.append(table["key"].to_pylist())
             sources.append(table["source"].to_pylist())
-        return cls(version, manifest, shards, ids, keys, sources)
+        whitening = None
+        if manifest.whitening is not None:
+            data = read_bytes(join(folder, manifest.whitening.file))
+            whitening = Whitening.from_bytes(data, join(folder, manifest.whitening.file))
+        return cls(version, manifest, shards, ids, keys, sources, whitening)
+
+    def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Descriptors as extracted -> vectors in this version's space (its whitening)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return queries if self.whitening is None else self.whitening.apply(queries)
 
     def check_queries(self, identity: dict[str, str], source: str) -> None:
         """Refuse query descriptors of another model or configuration than the index's (their
@@ -107,8 +124,14 @@ class ShardedIndex:
             index.ntotal, index.d
         )
 
-    def search(self, queries: np.ndarray, k: int) -> SearchResult:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+    def search(self, queries: np.ndarray, k: int, prepared: bool = False) -> SearchResult:
+        """Top-k of descriptors as extracted; ``prepared``: vectors already in the version's
+        space (``prepare_queries``), e.g. expanded queries or stored vectors."""
+        queries = (
+            np.ascontiguousarray(queries, dtype=np.float32)
+            if prepared
+            else self.prepare_queries(queries)
+        )
         nq = len(queries)
         all_scores, all_ids, all_where = [], [], []
         for s, index in enumerate(self.shards):

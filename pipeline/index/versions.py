@@ -39,6 +39,56 @@ class IndexInput:
 
 
 @dataclass(frozen=True)
+class WhiteningRecord:
+    """A PCA-whitening applied to every stored vector and, at search, to every query
+    (``pipeline.index.whitening``); its file is copied into the version folder."""
+
+    file: str  # name in the version folder
+    sha256: str  # of that file
+    source: str  # where it was read from (credentials masked)
+    dim_in: int
+    dim_out: int
+    shrinkage: float
+
+
+@dataclass(frozen=True)
+class DbaRecord:
+    """Database-side augmentation applied at build time (``pipeline.index.expansion``)."""
+
+    k: int  # neighbours of each vector, found with the version's own index
+    alpha: float
+    exact: bool  # neighbours from a flat index (exact) or an approximate one
+    seconds: float
+    peak_rss_bytes: int  # the build driver's peak resident memory at the end of DBA
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    whitening: WhiteningRecord | None = None
+    dba: DbaRecord | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PostProcessing:
+        w, dba = d.get("whitening"), d.get("dba")
+        return cls(WhiteningRecord(**w) if w else None, DbaRecord(**dba) if dba else None)
+
+
+@dataclass(frozen=True)
+class ExtractionRecord:
+    """How the indexed descriptors were made, so that a query image gets the same treatment
+    (``jobs/search_index.py --image``)."""
+
+    weights: str | None  # the checkpoint URI (credentials masked), "imagenet", or None/random
+    seed: int  # of random weights
+    weights_sha256: str
+    glam_config: dict[str, Any]
+    image_size: int
+    scales: list[float]
+    precision: str
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
 class IndexManifest:
     """What a version holds and how it was made (``<version>/manifest.json``)."""
 
@@ -56,10 +106,16 @@ class IndexManifest:
     created_at: str
     faiss: str  # FAISS version
     extra: dict[str, Any] = field(default_factory=dict)  # keys of newer writers, kept
+    # Optional sections (absent from older manifests and from plain builds).
+    postprocessing: PostProcessing | None = None
+    extraction: ExtractionRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
+        for optional in ("postprocessing", "extraction"):
+            if d[optional] is None:
+                del d[optional]
         return {**extra, **d}
 
     @classmethod
@@ -67,7 +123,19 @@ class IndexManifest:
         known = {f.name for f in fields(cls)} - {"extra"}
         kw = {k: v for k, v in d.items() if k in known}
         kw["inputs"] = [IndexInput(**i) for i in kw.get("inputs", [])]
+        if kw.get("postprocessing"):
+            kw["postprocessing"] = PostProcessing.from_dict(kw["postprocessing"])
+        if kw.get("extraction"):
+            kw["extraction"] = ExtractionRecord(**kw["extraction"])
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
+
+    @property
+    def whitening(self) -> WhiteningRecord | None:
+        return self.postprocessing.whitening if self.postprocessing else None
+
+    @property
+    def dba(self) -> DbaRecord | None:
+        return self.postprocessing.dba if self.postprocessing else None
 
 
 def read_manifest(output: str, version: str) -> IndexManifest:

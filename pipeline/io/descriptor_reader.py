@@ -121,6 +121,25 @@ def iter_batches(
             yield keys, sources, to_matrix(batch.column("descriptor"))
 
 
+def sample_rows(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
+    """``n`` descriptors drawn uniformly without replacement across all ``files`` (all of them
+    when fewer; not a prefix), in file order."""
+    total = sum(f.rows for f in files)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    out, start = [], 0
+    for f in files:
+        local = chosen[(chosen >= start) & (chosen < start + f.rows)] - start
+        if len(local):
+            offset = 0
+            for _, _, x in iter_batches(f.uri):
+                sel = local[(local >= offset) & (local < offset + len(x))] - offset
+                if len(sel):
+                    out.append(x[sel])
+                offset += len(x)
+        start += f.rows
+    return np.concatenate(out) if out else np.zeros((0, files[0].dim), np.float32)
+
+
 def read_descriptors(folder: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """All (keys, descriptors (N, d), model identity) of ``folder``.
 

@@ -31,9 +31,17 @@ def descriptor_schema(dim: int) -> pa.Schema:
     )
 
 
-def file_metadata(fp: Mapping[str, object], package_version: str) -> dict[bytes, bytes]:
+def file_metadata(
+    fp: Mapping[str, object],
+    package_version: str,
+    weights_uri: str | None = None,
+    weights_seed: int | None = None,
+) -> dict[bytes, bytes]:
     """Key-value metadata: model, weights sha256, backbone, scales, image size, dim, precision,
-    package version (all strings; ``glam_config`` as JSON)."""
+    package version (all strings; ``glam_config`` as JSON); where the weights are
+    (``weights_uri``, credentials masked by the caller, and ``weights_seed`` of random
+    weights), so that a query image can be described the same way (not part of the model's
+    identity: the sha256 is)."""
     cfg = fp["glam_config"]
     assert isinstance(cfg, Mapping)
     meta = {
@@ -48,6 +56,10 @@ def file_metadata(fp: Mapping[str, object], package_version: str) -> dict[bytes,
         "glam_config": json.dumps(cfg, sort_keys=True),
         "fingerprint": json.dumps(fp, sort_keys=True),
     }
+    if weights_uri is not None:
+        meta["weights_uri"] = weights_uri
+    if weights_seed is not None:
+        meta["weights_seed"] = str(weights_seed)
     return {k.encode(): v.encode() for k, v in meta.items()}
 
 

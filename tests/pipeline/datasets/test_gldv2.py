@@ -112,3 +112,50 @@ def test_bad_csv_is_a_clear_error(tmp_path, capsys, csv: str, message: str) -> N
     assert prepare_main(args(str(tmp_path), str(tmp_path / "o"))) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_exclusion_lists_remove_landmarks_and_images(tmp_path, capsys) -> None:
+    """RGLDv2-clean style: the listed landmarks (or images) are gone before labelling."""
+    root = str(tmp_path / "gldv2")
+    truth = write_gldv2_miniature(root, classes=4, per_class=5)
+    landmarks = sorted(set(truth.values()))
+    removed_landmark = landmarks[1]
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "overlap.csv").write_text(f"landmark_id\n{removed_landmark}\n999999999\n")
+    one_image = sorted(i for i, lm in truth.items() if lm == landmarks[3])[0]
+    (lists / "images.csv").write_text(f"landmark_id,images\n{landmarks[3]},{one_image}\n")
+    out = str(tmp_path / "rgldv2")
+    extra = ["--exclude", str(lists / "overlap.csv"), "--exclude", str(lists / "images.csv")]
+    assert prepare_main(args(root, out, *extra)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["num_samples"] == 20 - 5 - 1 and summary["num_classes"] == 3
+    excluded = summary["excluded"]
+    assert (excluded["images_removed"], excluded["landmarks_removed"]) == (6, 1)
+    assert excluded["listed_but_absent"] == 1  # 999999999 is not in the csv
+    found = read_all(out)
+    assert one_image not in found
+    assert all(truth[key] != removed_landmark for key in found)
+    label_map = load_label_map(out)
+    assert sorted(label_map) == [0, 1, 2]  # contiguous without the removed landmark
+    assert removed_landmark not in label_map.values()
+    assert read_json(f"{out}/_dataset.json")["excluded"]["lists"][0].endswith("overlap.csv")
+    # The same output with another exclusion list is refused; without any, too.
+    (lists / "overlap.csv").write_text(f"landmark_id\n{landmarks[0]}\n")
+    assert prepare_main(args(root, out, *extra)) == 1
+    assert prepare_main(args(root, out)) == 1
+    assert "use another --output" in capsys.readouterr().err
+
+
+def test_per_image_csv_and_bad_exclusion_lists(tmp_path, capsys) -> None:
+    root = str(tmp_path / "gldv2")
+    truth = write_gldv2_miniature(root, classes=2, per_class=4)
+    rows = ["id,url,landmark_id", *(f"{i},http://x/{i}.jpg,{lm}" for i, lm in truth.items())]
+    (tmp_path / "rgldv2.csv").write_text("\n".join(rows) + "\n")
+    per_image = ["--csv", str(tmp_path / "rgldv2.csv"), "--images", f"{root}/train"]
+    assert prepare_main([*per_image, "--output", str(tmp_path / "o1"), "--shard-size", "3"]) == 0
+    assert set(read_all(str(tmp_path / "o1"))) == set(truth)
+    (tmp_path / "bad.csv").write_text("gid\n12\n")
+    extra = ["--exclude", str(tmp_path / "bad.csv")]
+    assert prepare_main(args(root, str(tmp_path / "o2"), *extra)) == 1
+    assert "an exclusion list needs a header" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""Database-side augmentation at index build time: time and memory against the same build
+without it, on generated clustered 512-d descriptors (bench_index.py's generator).
+
+    .venv/bin/python bench/bench_dba.py --vectors 100000 --factory Flat
+    .venv/bin/python bench/bench_dba.py --vectors 1000000 --factory IVF1024,Flat
+
+DBA searches every stored vector against the version (N queries): O(N² d) with Flat shards,
+about nprobe/nlist of that with IVF. Prints build seconds and peak memory (this process and its
+Ray workers, sampled) with and without DBA, and the DBA record of the manifest (its own
+seconds and the build driver's peak RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import ray
+from bench_index import CLUSTERS, DIM, PeakMemory, tree_rss, write_descriptors
+
+from pipeline.index.build import IndexBuildConfig, build_index
+from pipeline.index.expansion import DbaConfig
+from pipeline.io.storage import join
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vectors", type=int, default=100_000)
+    p.add_argument("--files", type=int, default=4)
+    p.add_argument("--shards", type=int, default=4)
+    p.add_argument("--factory", default="Flat")
+    p.add_argument("--train-size", type=int, default=50_000)
+    p.add_argument("--k", type=int, default=2)
+    args = p.parse_args()
+    root = tempfile.mkdtemp(prefix="glam-dba-bench-")
+    try:
+        desc = join(root, "descriptors")
+        rng = np.random.default_rng(1)
+        centers = rng.standard_normal((CLUSTERS, DIM), dtype=np.float32)
+        centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+        write_descriptors(desc, args.vectors, args.files, centers, seed=0)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        idle = tree_rss(os.getpid())
+        cfg = IndexBuildConfig(factory=args.factory, shards=args.shards, train_size=args.train_size)
+        rows = []
+        for label, dba in [("without DBA", None), (f"with DBA k={args.k}", DbaConfig(args.k))]:
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                result = build_index(desc, join(root, label.replace(" ", "-")), _with(cfg, dba))
+                seconds = time.perf_counter() - t
+            rows.append((label, seconds, mem.peak - idle, result.dba))
+        ray.shutdown()
+        gib = 2**30
+        index_gib = args.vectors * DIM * 4 / gib
+        print(
+            f"# {args.vectors} x {DIM} descriptors, {args.factory}, {args.shards} shards "
+            f"(a flat copy is {index_gib:.2f} GiB); Ray idle {idle / gib:.2f} GiB"
+        )
+        print("| build | seconds | peak memory above idle Ray | DBA seconds | driver peak RSS |")
+        print("| --- | --- | --- | --- | --- |")
+        for label, seconds, peak, dba in rows:
+            extra = (
+                f"{dba.seconds:.1f} | {dba.peak_rss_bytes / gib:.2f} GiB"
+                if dba is not None
+                else "- | -"
+            )
+            print(f"| {label} | {seconds:.1f} | {peak / gib:.2f} GiB | {extra} |")
+        print(f"# DBA build / plain build: {rows[1][1] / rows[0][1]:.2f}x the time")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _with(cfg: IndexBuildConfig, dba: DbaConfig | None) -> IndexBuildConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, dba=dba)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

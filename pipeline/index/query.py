@@ -1,0 +1,87 @@
+"""Search with post-processing (issue 12): the version's whitening (always, from its manifest),
+then optionally αQE and SuperGlobal-style top-M re-ranking; DBA is in the stored vectors when
+the version was built with it. The result says which steps were applied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.index.expansion import QeConfig, alpha_expand
+from pipeline.index.rerank import RerankConfig, rerank
+from pipeline.index.search import SearchResult, ShardedIndex
+from pipeline.index.vectors import StoredVectors
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    qe: QeConfig | None = None
+    rerank: RerankConfig | None = None
+
+
+@dataclass
+class QueryResult:
+    result: SearchResult
+    applied: list[str] = field(default_factory=list)  # the post-processing steps, in order
+
+
+def applied_in_index(index: ShardedIndex) -> list[str]:
+    """The version's own post-processing, as report lines."""
+    steps = []
+    if (w := index.manifest.whitening) is not None:
+        steps.append(
+            f"whitening {w.dim_in}->{w.dim_out} (shrinkage {w.shrinkage:g}, sha256 "
+            f"{w.sha256[:12]}, from the index)"
+        )
+    if (d := index.manifest.dba) is not None:
+        steps.append(f"DBA k={d.k} alpha={d.alpha:g} (built into the index)")
+    return steps
+
+
+def describe(opts: QueryOptions) -> list[str]:
+    steps = []
+    if opts.qe is not None:
+        steps.append(f"alpha-QE k={opts.qe.k} alpha={opts.qe.alpha:g}")
+    if opts.rerank is not None:
+        r = opts.rerank
+        steps.append(f"re-ranking M={r.m} K={r.k} beta={r.beta:g} (SuperGlobal)")
+    return steps
+
+
+def expand_queries(
+    index: ShardedIndex, stored: StoredVectors, q: np.ndarray, cfg: QeConfig
+) -> np.ndarray:
+    """αQE of prepared queries q (n, d) with their top-k in the version."""
+    top = index.search(q, cfg.k, prepared=True)
+    return alpha_expand(q, stored.vectors(top.ids), top.scores, cfg.alpha)
+
+
+def rerank_result(
+    result: SearchResult, q: np.ndarray, stored: StoredVectors, cfg: RerankConfig
+) -> SearchResult:
+    """``result`` (at least the top M per query) with its top M re-ranked."""
+    ids, scores, keys = result.ids.copy(), result.scores.copy(), [list(k) for k in result.keys]
+    for i in range(len(q)):
+        m = min(cfg.m, int((ids[i] >= 0).sum()))
+        if m < 2:
+            continue
+        order, new_scores = rerank(q[i : i + 1], stored.vectors(ids[i : i + 1, :m]), cfg)
+        ids[i, :m] = ids[i, :m][order[0]]
+        scores[i, :m] = new_scores[0]
+        keys[i][:m] = [keys[i][j] for j in order[0]]
+    return SearchResult(ids, scores, keys)
+
+
+def search(index: ShardedIndex, queries: np.ndarray, k: int, opts: QueryOptions) -> QueryResult:
+    """Top-k for descriptors as extracted, with the version's and ``opts``' post-processing."""
+    q = index.prepare_queries(queries)
+    stored = StoredVectors(index) if opts.qe or opts.rerank else None
+    if opts.qe is not None and stored is not None:
+        q = expand_queries(index, stored, q, opts.qe)
+    depth = max(k, opts.rerank.m) if opts.rerank is not None else k
+    result = index.search(q, depth, prepared=True)
+    if opts.rerank is not None and stored is not None:
+        result = rerank_result(result, q, stored, opts.rerank)
+    top = SearchResult(result.ids[:, :k], result.scores[:, :k], [r[:k] for r in result.keys])
+    return QueryResult(top, applied_in_index(index) + describe(opts))

@@ -1,0 +1,68 @@
+"""The stored vectors of an index version by global id (for αQE, DBA and re-ranking): exact
+for flat shards and for IVF shards with uncompressed lists (IVF…,Flat), FAISS's
+reconstruction (lossy) for compressed ones (PQ, SQ)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import faiss
+import numpy as np
+
+from pipeline.index.search import ShardedIndex
+
+
+class StoredVectors:
+    """``vectors(ids)`` of a loaded version; -1 ids give zero vectors."""
+
+    def __init__(self, index: ShardedIndex) -> None:
+        self.index = index
+        empty = np.zeros(0, np.int64)
+        all_ids = np.concatenate([empty, *index.ids])
+        shard = np.concatenate([empty, *(np.full(len(i), s) for s, i in enumerate(index.ids))])
+        pos = np.concatenate([empty, *(np.arange(len(i)) for i in index.ids)])
+        order = np.argsort(all_ids, kind="stable")
+        self._sorted_ids = all_ids[order]
+        self._shard = shard[order].astype(np.int64)
+        self._pos = pos[order].astype(np.int64)
+        self.dim = int(index.manifest.dim)
+        self.exact = all(_stores_exactly(s) for s in index.shards)
+        for s in index.shards:
+            if not isinstance(faiss.downcast_index(s), faiss.IndexFlat):
+                # Not an IVF index: reconstruct works without a direct map.
+                with contextlib.suppress(RuntimeError):
+                    faiss.extract_index_ivf(s).make_direct_map()
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(..., d) float32 for ids of any shape."""
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(flat), self.dim), np.float32)
+        valid = flat >= 0
+        where = np.searchsorted(self._sorted_ids, flat[valid])
+        if len(where) and (
+            where.max() >= len(self._sorted_ids) or (self._sorted_ids[where] != flat[valid]).any()
+        ):
+            raise ValueError("ids not in this index version")
+        shards, positions = self._shard[where], self._pos[where]
+        rows = np.flatnonzero(valid)
+        for s in np.unique(shards):
+            sel = shards == s
+            out[rows[sel]] = self._shard_rows(int(s), positions[sel])
+        return out.reshape(*np.shape(ids), self.dim)
+
+    def _shard_rows(self, s: int, positions: np.ndarray) -> np.ndarray:
+        index = faiss.downcast_index(self.index.shards[s])
+        if isinstance(index, faiss.IndexFlat):
+            return self.index.shard_vectors(s)[positions]
+        return self.index.shards[s].reconstruct_batch(positions.astype(np.int64))
+
+
+def _stores_exactly(index: faiss.Index) -> bool:
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexFlat):
+        return True
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return isinstance(ivf, faiss.IndexIVFFlat)

@@ -1,0 +1,63 @@
+"""Where search by image finds the index's model: the descriptors' Parquet metadata, else the
+extraction's _job.json (outputs written before the location was recorded), else an error that
+says what to pass. (The whole path, image to ranking, is in tests/test_worked_example.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.index.postprocess import extraction_record
+from pipeline.index.query_image import extraction_of, load_query_model
+from pipeline.index.versions import IndexManifest
+from pipeline.io.descriptor_reader import list_descriptor_files
+from pipeline.io.storage import write_json_atomic
+from tests.support.descriptors import unit, write_descriptor_file
+
+
+def folder_with_descriptors(root: str) -> str:
+    write_descriptor_file(f"{root}/descriptors/part-0.parquet", ["a", "b"], unit(np.eye(2, 32)))
+    return root
+
+
+def test_weights_from_the_extraction_record_when_the_parquet_has_none(tmp_path) -> None:
+    root = folder_with_descriptors(str(tmp_path / "run"))
+    write_json_atomic(
+        f"{root}/_job.json", {"config": {"weights": "s3://b/glam.safetensors", "seed": 7}}
+    )
+    record = extraction_record(root, list_descriptor_files(f"{root}/descriptors"))
+    assert record is not None
+    assert (record.weights, record.seed, record.image_size) == ("s3://b/glam.safetensors", 7, 1024)
+    assert record.weights_sha256 == "a" * 64 and record.glam_config["dim"] == 32
+
+
+def test_unknown_weights_location_asks_for_weights(tmp_path) -> None:
+    root = folder_with_descriptors(str(tmp_path / "plain"))
+    record = extraction_record(root, list_descriptor_files(f"{root}/descriptors"))
+    assert record is not None and record.weights is None
+    with pytest.raises(
+        ValueError, match=r"does not record where its weights are .*: pass --weights"
+    ):
+        load_query_model(record)
+
+
+def test_an_index_without_an_extraction_record_is_a_clear_error() -> None:
+    manifest = IndexManifest.from_dict(
+        {
+            "version": "v1",
+            "signature": "s",
+            "factory": "Flat",
+            "dim": 8,
+            "metric": "ip",
+            "shards": 1,
+            "shard_counts": [1],
+            "count": 1,
+            "config": {},
+            "inputs": [],
+            "descriptor_model": {},
+            "created_at": "",
+            "faiss": "",
+        }
+    )
+    with pytest.raises(ValueError, match="does not record how its descriptors were extracted"):
+        extraction_of(manifest)
