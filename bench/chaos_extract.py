@@ -129,7 +129,6 @@ def main() -> int:
     p.add_argument("--shards", type=int, default=10)
     p.add_argument("--images", type=int, default=6, help="valid images per shard")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--max-delay", type=float, default=20.0, help="latest kill, seconds")
     args = p.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -150,34 +149,39 @@ def main() -> int:
     t0 = time.monotonic()
     try:
         for round_ in range(args.rounds):
-            if len(committed(output, args.shards)) == args.shards:
+            before = len(committed(output, args.shards))
+            if before == args.shards:
                 break
             victim = "driver" if rng.random() < 0.5 else "actor"
-            delay = float(rng.uniform(1.0, args.max_delay))
+            # A random point of the run: after a random number of further shard commits (0:
+            # while actors start), plus a random fraction of a second.
+            target = before + int(rng.integers(0, args.shards - before))
+            extra = float(rng.uniform(0.0, 1.0))
             job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             runs += 1
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and job.poll() is None:
+            while job.poll() is None and len(committed(output, args.shards)) < target:
                 time.sleep(0.1)
+            time.sleep(extra)
+            killed = False
             if job.poll() is None:
                 if victim == "driver":
                     job.send_signal(signal.SIGKILL)
-                    survived["driver"] += 1
+                    killed = True
                 else:
                     pids = actor_pids()
                     if pids:
                         os.kill(int(rng.choice(pids)), signal.SIGKILL)
-                        survived["actor"] += 1
-                code = job.wait(timeout=1800)
-            else:
-                code = job.returncode
+                        killed = True
+                survived[victim] += killed
+            code = job.wait(timeout=1800)
             err = job.stderr.read().decode() if job.stderr else ""
             if code not in (0, -signal.SIGKILL):
                 print(f"round {round_}: the job failed ({code}):\n{err[-3000:]}")
                 return 1
             check_output(output, args.shards, args.images, final=False)
+            what = f"{victim} killed after {target - before} more commits" if killed else "no kill"
             print(
-                f"round {round_}: {victim} kill after {delay:.1f}s -> exit {code}, "
+                f"round {round_}: {what} -> exit {code}, "
                 f"{len(committed(output, args.shards))}/{args.shards} shards committed",
                 flush=True,
             )
