@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.index.params import ServingConfig
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -53,3 +57,59 @@ def add_cluster_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) 
         help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def add_search_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--nprobe`` and ``--k-factor``: override the search defaults an index version records."""
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="IVF cells visited per query (the index's)"
+    )
+    p.add_argument(
+        "--k-factor",
+        type=int,
+        default=None,
+        help="refined indexes: k x this many candidates re-scored (the index's)",
+    )
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """``--distributed`` and how the index is spread over Ray actors."""
+    g = p.add_argument_group("search across a Ray cluster")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="load the index's shards into Ray actors spread over the cluster's nodes",
+    )
+    g.add_argument("--actors", type=int, default=2, help="actors holding the shards (2)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (1)")
+    g.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: search on CPUs)"
+    )
+    g.add_argument(
+        "--actor-overhead-mb",
+        type=int,
+        default=1024,
+        help="memory reserved per actor beyond its shards, MiB (1024)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
+    )
+
+
+def connect_serving(args: argparse.Namespace) -> ServingConfig | None:
+    """With ``--distributed``: connect to Ray and return the ServingConfig the flags ask for;
+    None otherwise."""
+    if not args.distributed:
+        return None
+    from pipeline.index.params import ServingConfig
+    from pipeline.runtime.cluster import connect
+
+    connect(args.ray_address)
+    return ServingConfig(
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        overhead_bytes=args.actor_overhead_mb << 20,
+    )

@@ -1,8 +1,9 @@
 """Build a sharded FAISS index (inner product) from descriptor Parquet, as a new version
-behind OUTPUT/LATEST; exits 0 without building when nothing changed since LATEST.
+behind OUTPUT/LATEST; exits 0 without building when nothing changed since LATEST, and adds only
+the new files' vectors (reusing the previous shards) when only new files appeared.
 
     python jobs/build_index.py --descriptors s3://b/runs/r1 --output s3://b/indexes/r1 \
-        --shards 4 --factory IVF4096,Flat
+        --shards 4 --factory IVF1024,PQ64x4fs,Refine(SQ8) --nprobe 32 --k-factor 8
 """
 
 from __future__ import annotations
@@ -28,7 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--factory",
         default="Flat",
-        help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, ... (Flat)",
+        help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, "
+        "IVF1024,PQ64x4fs,RFlat (refined from float32 copies), "
+        "IVF1024,PQ64x4fs,Refine(SQ8) (refined from 8-bit copies), ... (Flat)",
+    )
+    p.add_argument(
+        "--nprobe", type=int, default=16, help="search default: IVF cells visited per query (16)"
+    )
+    p.add_argument(
+        "--k-factor",
+        type=int,
+        default=4,
+        help="search default for refined indexes: k x this many candidates re-scored (4)",
+    )
+    p.add_argument(
+        "--full",
+        dest="incremental",
+        action="store_false",
+        help="never build incrementally: every rebuild retrains and re-adds everything",
+    )
+    p.add_argument(
+        "--max-new-fraction",
+        type=float,
+        default=0.5,
+        help="rebuild in full once vectors added since the last full build exceed this "
+        "fraction of it (0.5)",
     )
     p.add_argument(
         "--train-size",
@@ -67,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             retention=args.retention,
             use_gpu=args.use_gpu,
+            nprobe=args.nprobe,
+            k_factor=args.k_factor,
+            incremental=args.incremental,
+            max_new_fraction=args.max_new_fraction,
         )
         connect(args.ray_address)
         result = build_index(args.descriptors, args.output, cfg, force=args.force)
@@ -74,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"up to date: {args.output} version {result.version} ({result.vectors} vectors)")
         else:
             print(
-                f"built {args.output} version {result.version}: {result.vectors} vectors in "
-                f"{len(result.shard_counts)} shards, {result.seconds:.1f}s"
+                f"built {args.output} version {result.version} ({result.kind}: {result.reason}): "
+                f"{result.vectors} vectors in {len(result.shard_counts)} shards, "
+                f"{result.added} added, {result.seconds:.1f}s"
             )
         return 0
 

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import run_main, setup_logging
+from jobs._cli import add_serving_arguments, connect_serving, run_main, setup_logging
 
 NAMES = {"roxford5k": "ROxf", "rparis6k": "RPar"}
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         default=1000,
         help="top-k read from an approximate distractor index (1000)",
     )
+    add_serving_arguments(p)
     args = p.parse_args(argv)
     setup_logging()
 
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.evaluate.report import evaluate, markdown
         from pipeline.io.storage import write_bytes_atomic
 
-        report = evaluate(args.gnd, args.queries, args.database, args.distractors, args.approx_k)
+        serving = connect_serving(args) if args.distractors else None
+        report = evaluate(
+            args.gnd, args.queries, args.database, args.distractors, args.approx_k, serving
+        )
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
         name = args.name or NAMES.get(stem, stem)
         table = markdown(report, name)

@@ -11,7 +11,8 @@ import numpy as np
 from pipeline.datasets.gnd import load_gnd
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
 from pipeline.evaluate.ranking import RankingModel, distractor_counter
-from pipeline.index.search import ShardedIndex
+from pipeline.index.params import ServingConfig
+from pipeline.index.search import open_index
 from pipeline.io.descriptor_reader import read_descriptors
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,11 @@ def evaluate(
     database: str,
     distractors: str | None = None,
     approx_k: int = 1000,
+    serving: ServingConfig | None = None,
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
-    and the database-only figures under ``without_distractors``."""
+    and the database-only figures under ``without_distractors``. ``serving``: the distractor
+    index is searched by Ray actors (``pipeline.index.serving``) instead of in this process."""
     cfg = load_gnd(gnd_uri)
     q_keys, q_x, q_model = read_descriptors(queries)
     d_keys, d_x, d_model = read_descriptors(database)
@@ -57,10 +60,10 @@ def evaluate(
     report: dict[str, Any] = score_protocols(gnd, RankingModel(db_scores))
     report.update(queries=len(q), database=len(x), distractors=0, exact=True)
     if distractors:
-        index = ShardedIndex.load(distractors)
-        if index.manifest.descriptor_model != d_model:
-            raise ValueError("the distractor index was built from another model's descriptors")
-        counts, exact = distractor_counter(index, q, approx_k)
+        with open_index(distractors, serving=serving) as index:
+            if index.manifest.descriptor_model != d_model:
+                raise ValueError("the distractor index was built from another model's descriptors")
+            counts, exact = distractor_counter(index, q, approx_k, db_scores)
         without = {p: report[p] for p in PROTOCOLS}
         report.update(score_protocols(gnd, RankingModel(db_scores, counts)))
         report.update(
@@ -71,7 +74,8 @@ def evaluate(
         )
         if not exact:
             report["note"] = (
-                f"approximate distractor index ({index.manifest.factory}): "
+                f"approximate distractor index ({index.manifest.factory}, nprobe "
+                f"{index.params.nprobe}, k_factor {index.params.k_factor}): "
                 f"ranks use its top-{approx_k}, so mAP is an upper bound"
             )
     return report

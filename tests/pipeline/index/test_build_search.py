@@ -94,11 +94,15 @@ def test_rebuild_skips_when_unchanged_and_versions_new_shards(ray_local, s3_buck
     assert build_main(args) == 0
     second, manifest = read_latest(out)
     assert second != first and manifest.count == 250
-    assert "new7" in ShardedIndex.load(out).keys[0] + ShardedIndex.load(out).keys[1]
+    assert "new7" in [k for keys in ShardedIndex.load(out).keys for k in keys]
     assert build_main([*args, "--force"]) == 0
     third = read_latest(out)[0]
     assert third not in (first, second)
-    assert list_versions(out) == [second, third]  # retention 2: the oldest is gone
+    # retention 2 keeps the second version, and so the first, whose shards it reuses
+    assert list_versions(out) == [first, second, third]
+    assert build_main([*args, "--force"]) == 0
+    fourth = read_latest(out)[0]
+    assert list_versions(out) == [third, fourth]  # nothing references the first two now
 
 
 def test_mixing_models_is_refused(ray_local, s3_bucket: str, capsys) -> None:

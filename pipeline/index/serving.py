@@ -1,0 +1,220 @@
+"""Serving a version from Ray actors: each actor holds some of its shards, placed across the
+cluster's nodes; a query fans out to every actor and their candidates are merged into the
+top-k, exactly as ``ShardedIndex`` merges its own shards (``pipeline.index.merge``).
+
+    with DistributedIndex.start("s3://b/indexes/r1m", serving=ServingConfig(actors=4)) as index:
+        result = index.search(queries, k=100)
+
+Shards are shared out by size (largest first to the least-loaded actor). Each actor asks Ray
+for its shards' bytes plus ``ServingConfig.overhead_bytes`` of memory, so Ray places no more
+actors on a node than its memory holds; ``placement="SPREAD"`` puts them on as many nodes as
+possible. An actor reads its shards straight from storage (not through the driver).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import ray
+
+from pipeline.index.config import is_exact
+from pipeline.index.merge import merge
+from pipeline.index.params import SearchParams, ServingConfig
+from pipeline.index.plan import balance
+from pipeline.index.search import (
+    SearchResult,
+    ShardedIndex,
+    group_by_shard,
+    prepare_queries,
+    resolve_version,
+    result_with_keys,
+)
+from pipeline.index.shard import Candidates
+from pipeline.index.versions import IndexManifest, shard_file
+from pipeline.io.storage import filesystem
+from pipeline.runtime.memory import rss_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorMemory:
+    """What one serving actor holds and what it costs."""
+
+    node: str
+    pid: int
+    shards: list[int]
+    shard_bytes: int  # the FAISS files it loaded
+    rss_before_load: int  # the worker with its imports, before any shard
+    rss: int  # now
+
+
+class ShardServer:
+    """A Ray actor holding shards ``shards`` of a version (plain class: testable without Ray)."""
+
+    def __init__(self, output: str, version: str, shards: list[int], use_gpu: bool | None) -> None:
+        self.rss_before_load = rss_bytes()
+        self.index = ShardedIndex.load(output, version, use_gpu=use_gpu, shards=shards)
+
+    def ready(self) -> int:
+        return self.index.ntotal
+
+    def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
+        return self.index.candidates(queries, k, params)
+
+    def keys(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
+        return self.index.keys_of(wanted)
+
+    def count_above(self, queries: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        return self.index.count_above(queries, thresholds)
+
+    def memory(self) -> ActorMemory:
+        return ActorMemory(
+            node=ray.get_runtime_context().get_node_id(),
+            pid=os.getpid(),
+            shards=[s.number for s in self.index.held],
+            shard_bytes=sum(s.nbytes for s in self.index.held),
+            rss_before_load=self.rss_before_load,
+            rss=rss_bytes(),
+        )
+
+
+def shard_sizes(output: str, manifest: IndexManifest) -> list[int]:
+    """Bytes of each shard's FAISS file."""
+    sizes = []
+    for n in range(manifest.shards):
+        fs, path = filesystem(shard_file(output, manifest, n))
+        sizes.append(int(fs.info(path).get("size") or 0))
+    return sizes
+
+
+class DistributedIndex:
+    """A version served by Ray actors; same ``search`` / ``count_above`` as ``ShardedIndex``."""
+
+    def __init__(
+        self,
+        output: str,
+        version: str,
+        manifest: IndexManifest,
+        actors: list[Any],
+        plan: list[list[int]],
+        exact: bool,
+    ) -> None:
+        self.output = output
+        self.version = version
+        self.manifest = manifest
+        self.params = SearchParams.from_config(manifest.config)
+        self.actors = actors
+        self.plan = plan  # shard numbers per actor
+        self._exact = exact
+
+    @classmethod
+    def start(
+        cls,
+        output: str,
+        version: str | None = None,
+        serving: ServingConfig | None = None,
+        use_gpu: bool | None = None,
+    ) -> DistributedIndex:
+        """Start the actors of ``version`` (default LATEST) on the connected Ray cluster and
+        wait until every one has loaded its shards."""
+        serving = serving or ServingConfig()
+        version, manifest = resolve_version(output, version)
+        sizes = shard_sizes(output, manifest)
+        plan = [group for group in balance(sizes, serving.actors) if group]
+        if use_gpu and serving.gpus_per_actor == 0:
+            raise ValueError("GPU search across actors needs gpus_per_actor > 0 (--gpus-per-actor)")
+        on_gpu = None if serving.gpus_per_actor > 0 else False
+        remote: Any = ray.remote(ShardServer)
+        actors: list[Any] = [
+            remote.options(
+                num_cpus=serving.cpus_per_actor,
+                num_gpus=serving.gpus_per_actor,
+                memory=sum(sizes[s] for s in group) + serving.overhead_bytes,
+                scheduling_strategy=serving.placement,
+            ).remote(output, version, group, on_gpu)
+            for group in plan
+        ]
+        index = cls(
+            output, version, manifest, actors, plan, is_exact(manifest.factory, manifest.dim)
+        )
+        try:
+            loaded = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayError as e:
+            index.close()
+            cause = str(e.cause if isinstance(e, ray.exceptions.RayTaskError) else e)
+            raise RuntimeError(
+                f"an index actor failed to load its shards: {_last_line(cause)}"
+            ) from e
+        log.info(
+            "serving %s version %s from %d actors (%d vectors; shards per actor %s)",
+            output, version, len(actors), sum(loaded), plan,
+        )  # fmt: skip
+        return index
+
+    def __enter__(self) -> DistributedIndex:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the actors."""
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+    @property
+    def ntotal(self) -> int:
+        return self.manifest.count
+
+    @property
+    def exact(self) -> bool:
+        return self._exact
+
+    def set_nprobe(self, nprobe: int) -> None:
+        self.params = self.params.with_overrides(nprobe=nprobe)
+
+    def search(
+        self, queries: np.ndarray, k: int, params: SearchParams | None = None
+    ) -> SearchResult:
+        """Top-``k`` per query, fanned out to every actor and merged."""
+        params = params or self.params
+        q = prepare_queries(queries, self.manifest)
+        q_ref = ray.put(q)
+        per_actor: list[list[Candidates]] = ray.get(
+            [a.candidates.remote(q_ref, k, params) for a in self.actors]
+        )
+        merged = merge([c for cs in per_actor for c in cs], len(q), k, params.k_factor)
+        wanted = group_by_shard(merged)
+        calls: list[Any] = []
+        for actor, group in zip(self.actors, self.plan, strict=True):
+            mine = {s: wanted[s] for s in group if s in wanted}
+            if mine:
+                calls.append(actor.keys.remote(mine))
+        keys = {s: names for part in ray.get(calls) for s, names in part.items()}
+        return result_with_keys(merged, keys)
+
+    def count_above(self, queries: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """(nq, m) int64 counts of vectors scoring strictly above ``thresholds`` (Flat only)."""
+        if not self.exact:
+            raise ValueError("exact counts need a flat index")
+        q_ref = ray.put(prepare_queries(queries, self.manifest))
+        t_ref = ray.put(thresholds)
+        return np.sum(ray.get([a.count_above.remote(q_ref, t_ref) for a in self.actors]), axis=0)
+
+    def memory(self) -> list[ActorMemory]:
+        """Per actor: node, shards, their bytes and the actor's resident memory."""
+        return ray.get([a.memory.remote() for a in self.actors])
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
