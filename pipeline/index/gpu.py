@@ -17,8 +17,8 @@ Results match the CPU's up to float rounding (the ``cuda`` tests compare them).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
@@ -58,49 +58,66 @@ def ivf_of(index: faiss.Index) -> Any | None:
         return None
 
 
-def _ivf_with_flat_quantizer(index: faiss.Index, gpu: bool) -> tuple[Any, Any] | None:
-    """(the IVF, its flat coarse quantizer) when ``gpu`` and ``index`` has them, else None."""
-    ivf = ivf_of(index) if gpu else None
+def _ivf_with_flat_quantizer(index: faiss.Index) -> tuple[Any, Any] | None:
+    """(the IVF, its flat coarse quantizer) when ``index`` has them, else None."""
+    ivf = ivf_of(index)
     if ivf is None:
         return None
     quantizer = faiss.downcast_index(ivf.quantizer)
     return (ivf, quantizer) if isinstance(quantizer, faiss.IndexFlat) else None
 
 
-def train(index: faiss.Index, x: Any, gpu: bool) -> None:
-    """Train ``index`` on ``x`` (n, d); the IVF k-means assigns on the GPU when ``gpu``."""
-    found = _ivf_with_flat_quantizer(index, gpu)
-    if found is None:
+def train_with(index: faiss.Index, x: Any, clustering: Callable[[int, int], Any] | None) -> None:
+    """Train ``index`` on ``x`` (n, d); the IVF k-means assigns with ``clustering(d, metric)``
+    (a flat index with the quantizer's metric) instead of the quantizer itself, when given."""
+    found = _ivf_with_flat_quantizer(index) if clustering is not None else None
+    if found is None or clustering is None:
         index.train(x)
         return
     ivf, quantizer = found
-    clustering = faiss.index_cpu_to_gpu(
-        resources(), 0, faiss.IndexFlat(quantizer.d, quantizer.metric_type)
-    )
-    ivf.clustering_index = clustering
+    assigner = clustering(quantizer.d, quantizer.metric_type)  # kept alive while training
+    ivf.clustering_index = assigner
     try:
         index.train(x)
     finally:
         ivf.clustering_index = None
+        del assigner
+
+
+def _gpu_flat(d: int, metric: int) -> Any:
+    return faiss.index_cpu_to_gpu(resources(), 0, faiss.IndexFlat(d, metric))
+
+
+def train(index: faiss.Index, x: Any, gpu: bool) -> None:
+    """Train ``index`` on ``x`` (n, d); the IVF k-means assigns on the GPU when ``gpu``."""
+    train_with(index, x, _gpu_flat if gpu else None)
 
 
 @contextmanager
-def coarse_quantizer_on_gpu(index: faiss.Index, gpu: bool) -> Iterator[None]:
-    """While inside, ``index``'s IVF assigns vectors to cells with a GPU copy of its coarse
-    quantizer (same centroids, same metric); the CPU quantizer is put back on exit."""
-    found = _ivf_with_flat_quantizer(index, gpu)
+def coarse_quantizer_replaced(index: faiss.Index, copy: Callable[[Any], Any]) -> Iterator[None]:
+    """While inside, ``index``'s IVF assigns vectors to cells with ``copy(quantizer)`` (same
+    centroids, same metric: e.g. a GPU copy); its own quantizer is put back on exit."""
+    found = _ivf_with_flat_quantizer(index)
     if found is None:
         yield
         return
     ivf, quantizer = found
-    cpu_quantizer = ivf.quantizer
-    gpu_quantizer = faiss.index_cpu_to_gpu(resources(), 0, quantizer)
-    ivf.quantizer = gpu_quantizer
+    own = ivf.quantizer
+    replacement = copy(quantizer)
+    ivf.quantizer = replacement
     try:
         yield
     finally:
-        ivf.quantizer = cpu_quantizer  # the IVF owns (and frees) its CPU quantizer only
-        del gpu_quantizer
+        ivf.quantizer = own  # the IVF owns (and frees) its own quantizer only
+        del replacement
+
+
+def coarse_quantizer_on_gpu(index: faiss.Index, gpu: bool) -> AbstractContextManager[None]:
+    """While inside, ``index``'s IVF assigns vectors to cells on a GPU copy of its coarse
+    quantizer when ``gpu``."""
+    if not gpu:
+        return nullcontext()
+    return coarse_quantizer_replaced(index, lambda q: faiss.index_cpu_to_gpu(resources(), 0, q))
 
 
 def fits(nbytes: int, headroom: float = 0.8) -> bool:
