@@ -71,3 +71,9 @@ def is_exact(factory: str, dim: int) -> bool:
     """Whether ``factory`` makes a flat (exhaustive, exact) index."""
     probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     return isinstance(faiss.downcast_index(probe), faiss.IndexFlat)
+
+
+def is_refined(factory: str, dim: int) -> bool:
+    """Whether ``factory`` re-scores candidates from stored vectors (``RFlat``, ``Refine(…)``)."""
+    probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    return isinstance(probe, faiss.IndexRefine)

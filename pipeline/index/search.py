@@ -1,17 +1,22 @@
 """Loading an index version and searching it: top-k (ids, keys, scores) merged across shards.
 
-A search runs in three steps, the same in one process (``ShardedIndex``) and across Ray actors
-(``pipeline.index.serving.DistributedIndex``):
+A search runs in these steps (``search_shards``), the same in one process (``ShardedIndex``)
+and across Ray actors (``pipeline.index.serving.DistributedIndex``):
 
 1. ``prepare_queries``: the query-side step (checks; post-processing such as whitening recorded
    in the version applies here, before the queries reach any shard);
 2. every shard's candidates (``IndexShard.candidates``);
-3. ``merge``: the global top-k, defined as one index holding every vector would answer it.
+3. ``merge``: the global top-k (top ``k × k_factor`` for a refined index), defined as one index
+   holding every vector would answer it;
+4. refined indexes only: the shards re-score that cut from their stored vectors, ``rerank``
+   keeps the best k;
+5. the keys of the hits, from the shards' id tables.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
@@ -20,8 +25,8 @@ import faiss
 import numpy as np
 
 from pipeline.index import gpu
-from pipeline.index.config import is_exact
-from pipeline.index.merge import Merged, merge
+from pipeline.index.config import is_exact, is_refined
+from pipeline.index.merge import Merged, merge, rerank
 from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.shard import Candidates, IndexShard, flat_topk, read_shard_index
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
@@ -76,6 +81,25 @@ def result_with_keys(merged: Merged, keys: dict[int, dict[int, str]]) -> SearchR
         for ss, pp in zip(merged.shards, merged.positions, strict=True)
     ]
     return SearchResult(merged.ids, merged.scores, rows)
+
+
+def search_shards(
+    queries: np.ndarray,
+    k: int,
+    params: SearchParams,
+    manifest: IndexManifest,
+    candidates: Callable[[np.ndarray, int, SearchParams], list[Candidates]],
+    rescore: Callable[[np.ndarray, Merged], np.ndarray],
+    keys: Callable[[dict[int, np.ndarray]], dict[int, dict[int, str]]],
+) -> SearchResult:
+    """The search algorithm, wherever the shards are: ``candidates(q, k, params)`` from every
+    shard, ``rescore(q, cut)`` of a refined index's cut, ``keys(wanted)`` of the hits."""
+    q = prepare_queries(queries, manifest)
+    refined = is_refined(manifest.factory, manifest.dim)
+    merged = merge(candidates(q, k, params), len(q), k * params.k_factor if refined else k)
+    if refined:
+        merged = rerank(merged, rescore(q, merged), k)
+    return result_with_keys(merged, keys(group_by_shard(merged)))
 
 
 class SearchableIndex(Protocol):
@@ -220,10 +244,22 @@ class ShardedIndex:
         self, queries: np.ndarray, k: int, params: SearchParams | None = None
     ) -> SearchResult:
         """Top-``k`` per query (nq, d), best first, merged across shards."""
-        params = params or self.params
-        q = prepare_queries(queries, self.manifest)
-        merged = merge(self.candidates(q, k, params), len(q), k, params.k_factor)
-        return result_with_keys(merged, self.keys_of(group_by_shard(merged)))
+        return search_shards(
+            queries, k, params or self.params, self.manifest,
+            self.candidates, self.rescore, self.keys_of,
+        )  # fmt: skip
+
+    def rescore(self, queries: np.ndarray, cut: Merged) -> np.ndarray:
+        """(nq, m) float32: the refinement scores of the ``cut``'s entries in held shards
+        (-inf for the others)."""
+        out = np.full(cut.scores.shape, -np.inf, dtype=np.float32)
+        for shard in self._shards:
+            mine = cut.shards == shard.number
+            if mine.any():
+                positions = np.where(mine, cut.positions, -1)
+                out[mine] = self._visit(shard).rescore(queries, positions)[mine]
+                self._done(shard)
+        return out
 
     @property
     def held(self) -> list[IndexShard]:

@@ -23,16 +23,15 @@ import numpy as np
 import ray
 
 from pipeline.index.config import is_exact
-from pipeline.index.merge import merge
+from pipeline.index.merge import Merged
 from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.plan import balance
 from pipeline.index.search import (
     SearchResult,
     ShardedIndex,
-    group_by_shard,
     prepare_queries,
     resolve_version,
-    result_with_keys,
+    search_shards,
 )
 from pipeline.index.shard import Candidates
 from pipeline.index.versions import IndexManifest, shard_file
@@ -66,6 +65,9 @@ class ShardServer:
 
     def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
         return self.index.candidates(queries, k, params)
+
+    def rescore(self, queries: np.ndarray, cut: Merged) -> np.ndarray:
+        return self.index.rescore(queries, cut)
 
     def keys(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
         return self.index.keys_of(wanted)
@@ -186,21 +188,28 @@ class DistributedIndex:
         self, queries: np.ndarray, k: int, params: SearchParams | None = None
     ) -> SearchResult:
         """Top-``k`` per query, fanned out to every actor and merged."""
-        params = params or self.params
-        q = prepare_queries(queries, self.manifest)
+        return search_shards(
+            queries, k, params or self.params, self.manifest,
+            self._candidates, self._rescore, self._keys,
+        )  # fmt: skip
+
+    def _candidates(self, q: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
         q_ref = ray.put(q)
-        per_actor: list[list[Candidates]] = ray.get(
-            [a.candidates.remote(q_ref, k, params) for a in self.actors]
-        )
-        merged = merge([c for cs in per_actor for c in cs], len(q), k, params.k_factor)
-        wanted = group_by_shard(merged)
+        per_actor = ray.get([a.candidates.remote(q_ref, k, params) for a in self.actors])
+        return [c for cs in per_actor for c in cs]
+
+    def _rescore(self, q: np.ndarray, cut: Merged) -> np.ndarray:
+        q_ref, cut_ref = ray.put(q), ray.put(cut)
+        parts = ray.get([a.rescore.remote(q_ref, cut_ref) for a in self.actors])
+        return np.maximum.reduce(parts)  # each entry is held by one actor, -inf elsewhere
+
+    def _keys(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
         calls: list[Any] = []
         for actor, group in zip(self.actors, self.plan, strict=True):
             mine = {s: wanted[s] for s in group if s in wanted}
             if mine:
                 calls.append(actor.keys.remote(mine))
-        keys = {s: names for part in ray.get(calls) for s, names in part.items()}
-        return result_with_keys(merged, keys)
+        return {s: names for part in ray.get(calls) for s, names in part.items()}
 
     def count_above(self, queries: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """(nq, m) int64 counts of vectors scoring strictly above ``thresholds`` (Flat only)."""

@@ -53,20 +53,19 @@ def flat_topk(
 
 @dataclass
 class Candidates:
-    """One shard's answer to ``nq`` queries: ``m`` candidates per query, best first by
-    ``coarse``; missing entries have position -1 and score -inf."""
+    """One shard's answer to ``nq`` queries: ``m`` candidates per query, best first; missing
+    entries have position -1 and score -inf. For a refined index the scores are its codes'
+    (``IndexShard.rescore`` re-computes those that make the global cut)."""
 
     shard: int
     positions: np.ndarray  # (nq, m) int64 rows of the shard
     ids: np.ndarray  # (nq, m) int64 global ids
-    coarse: np.ndarray  # (nq, m) float32 scores by the shard's codes
-    scores: np.ndarray  # (nq, m) float32 exact/refined scores (= coarse when not refined)
-    refined: bool  # the scores were re-computed from stored vectors
+    scores: np.ndarray  # (nq, m) float32 inner products
 
     @classmethod
-    def empty(cls, shard: int, nq: int, refined: bool) -> Candidates:
-        none, nan = np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
-        return cls(shard, none, none, nan, nan, refined)
+    def empty(cls, shard: int, nq: int) -> Candidates:
+        none = np.zeros((nq, 0), np.int64)
+        return cls(shard, none, none, np.zeros((nq, 0), np.float32))
 
 
 def _vectors_of(index: faiss.Index) -> np.ndarray:
@@ -196,25 +195,27 @@ class IndexShard:
     # -- search -----------------------------------------------------------------------------
 
     def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> Candidates:
-        """The shard's best ``k`` (``k × k_factor`` by its codes when refined) for ``queries``
-        (nq, d) float32."""
-        refined = self.refined
-        m = min(k * params.k_factor if refined else k, self.ntotal)
+        """The shard's best ``k`` for ``queries`` (nq, d) float32: exact for a flat shard, by
+        its codes otherwise (``k × k_factor`` of them for a refined shard)."""
+        m = min(k * params.k_factor if self.refined else k, self.ntotal)
         if m == 0:
-            return Candidates.empty(self.number, len(queries), refined)
+            return Candidates.empty(self.number, len(queries))
         if self.exact:
             xb = self._gpu_vectors if self._gpu_vectors is not None else self.vectors()
-            coarse, positions = flat_topk(queries, xb, m)
+            scores, positions = flat_topk(queries, xb, m)
         else:
             on_gpu = self._gpu_index is not None and m <= gpu.GPU_MAX_K
             base = self._gpu_index if self._gpu_index is not None and on_gpu else self.base
             _set_nprobe(base, params.nprobe, on_gpu)
-            coarse, positions = base.search(queries, m)
+            scores, positions = base.search(queries, m)
         positions = positions.astype(np.int64)
-        coarse = np.where(positions >= 0, coarse, -np.inf).astype(np.float32)
-        scores = _rescore(self._loaded().refine_index, queries, positions) if refined else coarse
+        scores = np.where(positions >= 0, scores, -np.inf).astype(np.float32)
         ids = np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
-        return Candidates(self.number, positions, ids, coarse, scores, refined)
+        return Candidates(self.number, positions, ids, scores)
+
+    def rescore(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """(nq, m) float32: the refinement codes' scores of ``positions`` (-1: none, -inf)."""
+        return _rescore(self._loaded().refine_index, queries, positions)
 
     def count_above(
         self, queries: np.ndarray, thresholds: np.ndarray, block_rows: int = 131072

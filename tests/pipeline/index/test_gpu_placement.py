@@ -21,7 +21,13 @@ def x() -> np.ndarray:
 
 @pytest.mark.parametrize(
     "factory",
-    ["IVF32,Flat", "IVF32,SQ8", "IVF32,PQ8x4fs", "IVF32,PQ8x4fs,RFlat", "IVF32,PQ8x4fs,Refine(SQ8)"],
+    [
+        "IVF32,Flat",
+        "IVF32,SQ8",
+        "IVF32,PQ8x4fs",
+        "IVF32,PQ8x4fs,RFlat",
+        "IVF32,PQ8x4fs,Refine(SQ8)",
+    ],
 )
 def test_separate_assignment_index_trains_and_adds_the_same_index(x, factory: str) -> None:
     plain = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)

@@ -11,7 +11,7 @@ import pytest
 from jobs.build_index import main as build_main
 from jobs.search_index import main as search_main
 from pipeline.index.build import IndexBuildConfig, build_index
-from pipeline.index.merge import merge
+from pipeline.index.merge import merge, rerank
 from pipeline.index.params import SearchParams
 from pipeline.index.search import ShardedIndex
 from pipeline.index.shard import Candidates
@@ -94,20 +94,18 @@ def test_manifest_records_search_settings_and_searches_override_them(
     assert float(lines[1].split()[1]) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_merge_refines_the_global_best_candidates_and_breaks_ties_by_id() -> None:
-    def shard(n: int, ids: list[int], coarse: list[float], scores: list[float]) -> Candidates:
+def test_merge_cuts_before_refinement_and_breaks_ties_by_id() -> None:
+    def shard(n: int, ids: list[int], scores: list[float]) -> Candidates:
         a = np.array([ids])
-        return Candidates(
-            n, a, a, np.array([coarse], np.float32), np.array([scores], np.float32), True
-        )
+        return Candidates(n, a, a, np.array([scores], np.float32))
 
-    # k = 1, k_factor = 2: the two best by codes are ids 1 (0.9) and 7 (0.8); id 3's better
-    # refined score does not count, as one index would not have re-scored it.
-    merged = merge(
-        [shard(0, [1, 3], [0.9, 0.7], [0.5, 0.99]), shard(1, [7], [0.8], [0.6])], 1, 1, 2
-    )
-    assert merged.ids.tolist() == [[7]] and merged.shards.tolist() == [[1]]
-    tie = merge([shard(0, [9], [0.5], [0.5]), shard(1, [4], [0.5], [0.5])], 1, 2, 1)
+    # k = 1, k_factor = 2: the two best by codes are ids 1 (0.9) and 7 (0.8); id 3 scores
+    # better once refined, but one index would not have re-scored it.
+    cut = merge([shard(0, [1, 3], [0.9, 0.7]), shard(1, [7], [0.8])], 1, 2)
+    assert cut.ids.tolist() == [[1, 7]] and cut.shards.tolist() == [[0, 1]]
+    refined = rerank(cut, np.array([[0.5, 0.6]], np.float32), 1)
+    assert refined.ids.tolist() == [[7]] and refined.positions.tolist() == [[7]]
+    tie = merge([shard(0, [9], [0.5]), shard(1, [4], [0.5])], 1, 2)
     assert tie.ids.tolist() == [[4, 9]]
-    padded = merge([shard(0, [2], [0.1], [0.1])], 1, 3, 1)
+    padded = merge([shard(0, [2], [0.1])], 1, 3)
     assert padded.ids.tolist() == [[2, -1, -1]] and np.isneginf(padded.scores[0, 1:]).all()

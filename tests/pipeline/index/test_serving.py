@@ -21,6 +21,7 @@ from tests.support.descriptors import (
     write_clustered_folder,
     write_folder,
 )
+from tests.support.waiting import wait_until
 
 # Three actors on the test cluster's two CPUs; no memory beyond the (small) shards reserved.
 SERVING = ServingConfig(actors=3, cpus_per_actor=0.5, overhead_bytes=0)
@@ -47,9 +48,15 @@ def test_actors_answer_as_the_single_process_search(ray_local, s3_bucket, factor
                 served.count_above(q, thresholds), local.count_above(q, thresholds)
             )
         actors = list(served.actors)
-    for actor in actors:  # closing stops the actors
-        with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(actor.ready.remote())
+    wait_until(lambda: all(stopped(a) for a in actors), 120, "closed actors to stop")
+
+
+def stopped(actor: ray.actor.ActorHandle) -> bool:
+    try:
+        ray.get(actor.ready.remote())
+    except ray.exceptions.RayActorError:
+        return True
+    return False
 
 
 def test_each_actor_holds_only_its_shards(ray_local, tmp_path) -> None:
