@@ -197,9 +197,9 @@ class Bench:
         a = self.args
         q = self.q
         exact = np.load(join(self.work, "exact100.npy"))
-        exact_s, _ = timed(
-            lambda flat=ShardedIndex.load(join(self.work, "flat")): flat.search(q, 100)
-        )
+        flat = ShardedIndex.load(join(self.work, "flat"))
+        exact_s, _ = timed(lambda: flat.search(q, 100))
+        flat.close()
         print(f"# exact search (Flat, {a.shards} shards), 70 queries, k = 100: {exact_s:.3f} s")
         header(
             "factory", "build s (peak GiB)", "index GiB", "nprobe", "k_factor",

@@ -74,24 +74,29 @@ def _vectors_of(index: faiss.Index) -> np.ndarray:
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
 
 
+def _codes_of(index: faiss.Index) -> np.ndarray:
+    """The codes of a flat-codes index (SQ8: n x d bytes) as a (n, code_size) view."""
+    codes: Any = faiss.downcast_index(index)
+    flat = faiss.rev_swig_ptr(codes.codes.data(), codes.ntotal * codes.code_size)
+    return flat.reshape(codes.ntotal, codes.code_size)
+
+
 def _rescore(refine: faiss.Index, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """⟨q, x̂_i⟩ for each candidate i from the refinement codes (Flat: exact vectors; SQ8:
-    decoded), accumulated in float64 so that a candidate's score does not depend on which other
-    candidates were re-scored with it (shards and actors then agree bit for bit)."""
+    """⟨q, x̂_i⟩ for each candidate i from the refinement codes (Flat: the stored vectors; SQ8:
+    decoded). Each score is one dot product of its own (not a matrix product whose blocking
+    depends on the batch), so shards and actors agree bit for bit."""
     out = np.full(positions.shape, -np.inf, dtype=np.float32)
-    flat = (
-        _vectors_of(refine) if isinstance(faiss.downcast_index(refine), faiss.IndexFlat) else None
-    )
+    exact = isinstance(faiss.downcast_index(refine), faiss.IndexFlat)
+    stored = _vectors_of(refine) if exact else _codes_of(refine)
     for q0 in range(0, len(queries), RESCORE_QUERIES):
         pos = positions[q0 : q0 + RESCORE_QUERIES]
         valid = pos >= 0
         rows = pos[valid]
         if not len(rows):
             continue
-        x = flat[rows] if flat is not None else refine.reconstruct_batch(rows)  # (n_valid, d)
+        x = stored[rows] if exact else refine.sa_decode(stored[rows])  # (n_valid, d)
         q = queries[q0 + np.nonzero(valid)[0]]  # the query of each candidate: (n_valid, d)
-        chunk = out[q0 : q0 + RESCORE_QUERIES]
-        chunk[valid] = np.einsum("nd,nd->n", x.astype(np.float64), q.astype(np.float64))
+        out[q0 : q0 + RESCORE_QUERIES][valid] = np.einsum("nd,nd->n", x, q)
     return out
 
 
