@@ -81,22 +81,47 @@ def _codes_of(index: faiss.Index) -> np.ndarray:
     return flat.reshape(codes.ntotal, codes.code_size)
 
 
+def _sq8_affine(refine: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vmin, vdiff / 255) of an 8-bit scalar quantizer, whose decoding is
+    x̂ = vmin + (c + 0.5) · vdiff / 255 per dimension (FAISS's 8-bit codec); None otherwise."""
+    sq: Any = faiss.downcast_index(refine)
+    kinds = (faiss.ScalarQuantizer.QT_8bit, faiss.ScalarQuantizer.QT_8bit_uniform)
+    if not isinstance(sq, faiss.IndexScalarQuantizer) or sq.sq.qtype not in kinds:
+        return None
+    trained = faiss.vector_to_array(sq.sq.trained).astype(np.float32)
+    half = len(trained) // 2  # d values each (per dimension), or 1 (uniform)
+    return trained[:half], trained[half:] / 255.0
+
+
 def _rescore(refine: faiss.Index, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """⟨q, x̂_i⟩ for each candidate i from the refinement codes (Flat: the stored vectors; SQ8:
-    decoded). Each score is one dot product of its own (not a matrix product whose blocking
-    depends on the batch), so shards and actors agree bit for bit."""
+    """⟨q, x̂_i⟩ for each candidate i from the refinement codes: the stored vectors (RFlat),
+    or the decoded codes (SQ8: ⟨q, vmin⟩ + ⟨q ⊙ vdiff/255, c + 0.5⟩, read off the bytes without
+    decoding them). Each score is one dot product of its own (not a matrix product whose
+    blocking depends on the batch), so shards and actors agree bit for bit."""
     out = np.full(positions.shape, -np.inf, dtype=np.float32)
     exact = isinstance(faiss.downcast_index(refine), faiss.IndexFlat)
     stored = _vectors_of(refine) if exact else _codes_of(refine)
+    affine = None if exact else _sq8_affine(refine)
+    if affine is not None:
+        vmin, step = affine
+        scaled = queries * step  # (nq, d): q ⊙ vdiff / 255
+        offset = queries @ np.broadcast_to(vmin, queries.shape[1:]) + 0.5 * scaled.sum(1)
     for q0 in range(0, len(queries), RESCORE_QUERIES):
         pos = positions[q0 : q0 + RESCORE_QUERIES]
         valid = pos >= 0
         rows = pos[valid]
         if not len(rows):
             continue
-        x = stored[rows] if exact else refine.sa_decode(stored[rows])  # (n_valid, d)
-        q = queries[q0 + np.nonzero(valid)[0]]  # the query of each candidate: (n_valid, d)
-        out[q0 : q0 + RESCORE_QUERIES][valid] = np.einsum("nd,nd->n", x, q)
+        which = q0 + np.nonzero(valid)[0]  # the query of each candidate
+        chunk = out[q0 : q0 + RESCORE_QUERIES]
+        if exact:
+            chunk[valid] = np.einsum("nd,nd->n", stored[rows], queries[which])
+        elif affine is not None:
+            codes = stored[rows].astype(np.float32)  # (n_valid, d)
+            chunk[valid] = np.einsum("nd,nd->n", codes, scaled[which]) + offset[which]
+        else:
+            decoded = refine.sa_decode(stored[rows])  # (n_valid, d)
+            chunk[valid] = np.einsum("nd,nd->n", decoded, queries[which])
     return out
 
 
@@ -230,9 +255,9 @@ class IndexShard:
         xb = self.vectors()
         counts = np.zeros(thresholds.shape, dtype=np.int64)
         for start in range(0, len(xb), block_rows):
-            scores = np.sort(xb[start : start + block_rows] @ queries.T, axis=0)  # (n_b, nq)
+            scores = np.sort(queries @ xb[start : start + block_rows].T, axis=1)  # (nq, n_b)
             for q in range(len(queries)):
-                counts[q] += len(scores) - np.searchsorted(scores[:, q], thresholds[q], "right")
+                counts[q] += scores.shape[1] - np.searchsorted(scores[q], thresholds[q], "right")
         return counts
 
     def keys_at(self, positions: np.ndarray) -> list[str]:

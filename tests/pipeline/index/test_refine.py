@@ -5,6 +5,7 @@ manifest and overridden per search."""
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -109,3 +110,26 @@ def test_merge_cuts_before_refinement_and_breaks_ties_by_id() -> None:
     assert tie.ids.tolist() == [[4, 9]]
     padded = merge([shard(0, [2], [0.1])], 1, 3)
     assert padded.ids.tolist() == [[2, -1, -1]] and np.isneginf(padded.scores[0, 1:]).all()
+
+
+@pytest.mark.parametrize("refine", ["Flat", "SQ8", "SQ8_uniform"])
+def test_rescoring_reads_the_refinement_codes_as_faiss_decodes_them(refine: str) -> None:
+    from pipeline.index.shard import _rescore
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(500, 24)) * np.linspace(0.2, 2, 24)).astype(np.float32)
+    q = rng.normal(size=(20, 24)).astype(np.float32)
+    metric = faiss.METRIC_INNER_PRODUCT
+    if refine == "SQ8_uniform":
+        index = faiss.IndexScalarQuantizer(24, faiss.ScalarQuantizer.QT_8bit_uniform, metric)
+    else:
+        index = faiss.index_factory(24, refine, metric)
+    index.train(x)
+    index.add(x)
+    positions = rng.integers(-1, 500, size=(20, 30))
+    got = _rescore(index, q, positions)
+    decoded = index.reconstruct_n(0, 500)
+    want = np.where(
+        positions >= 0, np.einsum("qmd,qd->qm", decoded[np.maximum(positions, 0)], q), -np.inf
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
