@@ -1,8 +1,16 @@
-"""Indexes: sharded FAISS builds from descriptor Parquet, as immutable versions behind LATEST.
+"""Indexes: sharded FAISS builds from descriptor Parquet, as immutable versions behind LATEST;
+search in one process or across Ray actors, with the same answers.
 
 | module | job |
 | --- | --- |
-| ``versions`` | version folders, ``manifest.json``, LATEST, retention (no Ray, no FAISS) |
-| ``build`` | training sample, shard builds as Ray tasks, manifest, then LATEST; up-to-date skips |
-| ``search`` | load a version, top-k merged across shards, exact flat scores |
+| ``versions`` | version folders, ``manifest.json``, LATEST, shard references, retention (no Ray, no FAISS) |
+| ``params`` | search settings (nprobe, k_factor) and serving settings (actors, placement) |
+| ``config`` | ``IndexBuildConfig``: which fields make the shards' content |
+| ``plan`` | up to date, incremental or full: decided from the inputs and LATEST (no FAISS) |
+| ``build`` | training, shard builds as Ray tasks, manifest, then LATEST |
+| ``gpu`` | FAISS on the GPU: k-means and coarse assignment, GPU copies for search |
+| ``shard`` | one shard in memory: its candidates, re-scoring, exact counts, keys |
+| ``merge`` | the global top-k from the shards' candidates (refinement's cut and re-rank) |
+| ``search`` | ``ShardedIndex``: load a version (or some shards, or lazily) and search it |
+| ``serving`` | ``DistributedIndex``: Ray actors holding a version's shards, spread over nodes |
 """
