@@ -40,6 +40,11 @@ def test_sharded_version_answers_as_one_faiss_index(ray_local, tmp_path, factory
     found = index.search(q, 20)
     scores, ids = faiss_search(one_index(out, x), q, 20, index.params)
     assert_same_ranking(found.ids, found.scores, ids, scores)  # ids: positions in file order
+    lazy = ShardedIndex.load(out, lazy=True)  # one shard's FAISS index in memory at a time
+    again = lazy.search(q, 20)
+    np.testing.assert_array_equal(again.ids, found.ids)
+    np.testing.assert_array_equal(again.scores, found.scores)
+    assert again.keys == found.keys and all(s.index is None for s in lazy.held)
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
