@@ -146,6 +146,7 @@ class Bench:
             read_s = time.perf_counter() - t
         baseline = self.ray()
         out = join(self.work, "flat")
+        shutil.rmtree(out, ignore_errors=True)  # a build, not an "up to date"
         with PeakMemory() as mem:
             t = time.perf_counter()
             build_index(self.desc, out, IndexBuildConfig(shards=a.shards))
@@ -212,6 +213,7 @@ class Bench:
         for factory in a.factories:
             name = factory.replace(",", "_").replace("(", "").replace(")", "")
             out = join(self.work, f"idx-{name}")
+            shutil.rmtree(out, ignore_errors=True)
             baseline = self.ray()
             cfg = IndexBuildConfig(factory=factory, shards=a.shards, train_size=a.train_size)
             with PeakMemory() as mem:
