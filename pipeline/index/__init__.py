@@ -3,7 +3,7 @@ search in one process or across Ray actors, with the same answers.
 
 | module | job |
 | --- | --- |
-| ``versions`` | version folders, ``manifest.json``, LATEST, shard references, retention (no Ray, no FAISS) |
+| ``versions`` | version folders, manifest, LATEST, shard references, retention (no Ray, FAISS) |
 | ``params`` | search settings (nprobe, k_factor) and serving settings (actors, placement) |
 | ``config`` | ``IndexBuildConfig``: which fields make the shards' content |
 | ``plan`` | up to date, incremental or full: decided from the inputs and LATEST (no FAISS) |

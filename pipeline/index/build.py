@@ -107,9 +107,17 @@ def new_index(dim: int, factory: str, trained: bytes | None) -> faiss.Index:
     return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
 
 
+def use_assigned_cpus() -> None:
+    """FAISS threads = the CPUs Ray gave this task (a reused worker keeps its first setting)."""
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is not None and context.worker.mode == ray.WORKER_MODE:
+        faiss.omp_set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))
+
+
 def train_index(files: list[DescriptorFile], dim: int, cfg: IndexBuildConfig) -> bytes:
     """The trained, empty index (serialised), trained on ``cfg.train_size`` vectors sampled
     across all ``files``; the k-means on the GPU where there is one."""
+    use_assigned_cpus()
     sample = sample_training_vectors(files, cfg.train_size, cfg.seed)
     log.info(
         "training %s on %d vectors sampled across %d files", cfg.factory, len(sample), len(files)
@@ -169,6 +177,7 @@ def build_shard(
     version_dir: str,
 ) -> int:
     """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table."""
+    use_assigned_cpus()
     return write_shard(
         shard,
         file_batches(files, cfg.batch_rows),
@@ -233,7 +242,9 @@ def build_index(
         if plan.kind == "incremental" and previous is not None:
             trained = read_bytes(join(output, previous.trained_version, TRAINED))
         else:
-            task = ray.remote(num_cpus=1, num_gpus=gpus)(train_index)
+            # Training is one task: it takes a whole node's CPUs (up to 16) for FAISS's threads.
+            cpus = max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
+            task = ray.remote(num_cpus=min(16, cpus), num_gpus=gpus)(train_index)
             trained = ray.get(task.remote(files, dim, cfg))
             _store_trained(version_dir, trained)
     counts = _build_shards(plan, dim, cfg, trained, version_dir, gpus)
