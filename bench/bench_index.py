@@ -93,6 +93,17 @@ def timed(fn, repeats: int = 3):  # type: ignore[no-untyped-def]
     return best, out
 
 
+def add_settings_argument(p: argparse.ArgumentParser, default: tuple) -> None:
+    """``--settings nprobe:k_factor …``: the search settings a recall part measures."""
+    p.add_argument(
+        "--settings",
+        type=lambda s: tuple(int(v) for v in s.split(":")),
+        nargs="+",
+        default=list(default),
+        help="nprobe:k_factor ...",
+    )
+
+
 def row(*cells: object) -> None:
     """One Markdown table row."""
     print("| " + " | ".join(str(c) for c in cells) + " |")
@@ -333,13 +344,7 @@ def main() -> int:
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--train-size", type=int, default=100_000)
     p.add_argument("--factories", nargs="+", default=list(FACTORIES))
-    p.add_argument(
-        "--settings",
-        type=lambda s: tuple(int(v) for v in s.split(":")),
-        nargs="+",
-        default=list(SETTINGS),
-        help="nprobe:k_factor ...",
-    )
+    add_settings_argument(p, SETTINGS)
     p.add_argument("--keep", action="store_true", help="keep the recall part's indexes")
     p.add_argument("--factory", default="IVF1024,PQ64x4fs,Refine(SQ8)", help="incremental part")
     p.add_argument("--nprobe", type=int, default=64)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faiss
 import numpy as np
 import torch
-from bench_index import GIB, header, recall_at, row, timed
+from bench_index import GIB, add_settings_argument, header, recall_at, row, timed
 from descriptors import BLOCK, DescriptorModel
 
 from pipeline.index import gpu
@@ -288,13 +288,7 @@ def main() -> int:
     p.add_argument("--train-size", type=int, default=200_000)
     p.add_argument("--nprobe", type=int, default=128)
     p.add_argument("--k-factor", type=int, default=8)
-    p.add_argument(
-        "--settings",
-        type=lambda s: tuple(int(v) for v in s.split(":")),
-        nargs="+",
-        default=list(SETTINGS),
-        help="nprobe:k_factor ...",
-    )
+    add_settings_argument(p, SETTINGS)
     args = p.parse_args()
     if args.part == "clean":
         shutil.rmtree(args.workdir, ignore_errors=True)

@@ -113,3 +113,16 @@ def connect_serving(args: argparse.Namespace) -> ServingConfig | None:
         gpus_per_actor=args.gpus_per_actor,
         overhead_bytes=args.actor_overhead_mb << 20,
     )
+
+
+def add_gpu_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--gpu`` / ``--cpu`` (``args.use_gpu``: None = the GPU when faiss sees one)."""
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument(
+        "--gpu",
+        dest="use_gpu",
+        action="store_true",
+        default=None,
+        help=f"{what} on the GPU (default: when faiss has GPU support and sees one)",
+    )
+    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help=f"{what} on the CPU")

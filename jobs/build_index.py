@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs._cli import add_cluster_arguments, run_main, setup_logging
+from jobs._cli import add_cluster_arguments, add_gpu_arguments, run_main, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,15 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retention", type=int, default=3, help="versions kept (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (0)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    gpu = p.add_mutually_exclusive_group()
-    gpu.add_argument(
-        "--gpu",
-        dest="use_gpu",
-        action="store_true",
-        default=None,
-        help="FAISS on the GPU (default: when available)",
-    )
-    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
+    add_gpu_arguments(p, "FAISS")
     add_cluster_arguments(p)
     return p
 

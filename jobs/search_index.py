@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs._cli import (
+    add_gpu_arguments,
     add_search_arguments,
     add_serving_arguments,
     connect_serving,
@@ -30,15 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", action="append", required=True, help="query key (repeatable)")
     p.add_argument("-k", type=int, default=10, help="results per query (10)")
     add_search_arguments(p)
-    gpu = p.add_mutually_exclusive_group()
-    gpu.add_argument(
-        "--gpu",
-        dest="use_gpu",
-        action="store_true",
-        default=None,
-        help="search on the GPU (default: when faiss sees one)",
-    )
-    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="search on the CPU")
+    add_gpu_arguments(p, "search")
     add_serving_arguments(p)
     return p
 

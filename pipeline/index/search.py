@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 import faiss
 import numpy as np
@@ -124,7 +124,22 @@ class SearchableIndex(Protocol):
     def close(self) -> None: ...
 
 
-class ShardedIndex:
+class Closing:
+    """``with index: …`` closes the index at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the index holds."""
+
+
+class ShardedIndex(Closing):
     """A version's shards in this process. ``lazy``: only the id tables stay in memory and each
     search loads one shard's FAISS index at a time (indexes larger than RAM, at the price of
     reading every shard per search)."""
@@ -172,17 +187,6 @@ class ShardedIndex:
         return cls(
             output, version, manifest, loaded, SearchParams.from_config(manifest.config), lazy
         )
-
-    def __enter__(self) -> ShardedIndex:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Nothing to stop for a local index (the GPU copies go with the object)."""
 
     # -- compatibility with the first ShardedIndex (a dataclass of lists) ------------------
 

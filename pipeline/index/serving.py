@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from pipeline.index.merge import Merged
 from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.plan import balance
 from pipeline.index.search import (
+    Closing,
     SearchResult,
     ShardedIndex,
     prepare_queries,
@@ -95,7 +95,7 @@ def shard_sizes(output: str, manifest: IndexManifest) -> list[int]:
     return sizes
 
 
-class DistributedIndex:
+class DistributedIndex(Closing):
     """A version served by Ray actors; same ``search`` / ``count_above`` as ``ShardedIndex``."""
 
     def __init__(
@@ -158,14 +158,6 @@ class DistributedIndex:
             output, version, len(actors), sum(loaded), plan,
         )  # fmt: skip
         return index
-
-    def __enter__(self) -> DistributedIndex:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Stop the actors."""
