@@ -4,6 +4,7 @@ the shards (a change there means a full rebuild) versus how they are searched or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import faiss
@@ -67,12 +68,14 @@ def content_of(config: dict[str, Any]) -> dict[str, Any]:
     return {**{f: config.get(f) for f in CONTENT_FIELDS}, "metric": METRIC}
 
 
+@cache
 def is_exact(factory: str, dim: int) -> bool:
     """Whether ``factory`` makes a flat (exhaustive, exact) index."""
     probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     return isinstance(faiss.downcast_index(probe), faiss.IndexFlat)
 
 
+@cache
 def is_refined(factory: str, dim: int) -> bool:
     """Whether ``factory`` re-scores candidates from stored vectors (``RFlat``, ``Refine(…)``)."""
     probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)

@@ -28,7 +28,13 @@ from pipeline.index import gpu
 from pipeline.index.config import is_exact, is_refined
 from pipeline.index.merge import Merged, merge, rerank
 from pipeline.index.params import SearchParams, ServingConfig
-from pipeline.index.shard import Candidates, IndexShard, flat_topk, read_shard_index
+from pipeline.index.shard import (
+    Candidates,
+    IndexShard,
+    flat_topk,
+    read_id_table,
+    read_shard_index,
+)
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
 
 if TYPE_CHECKING:
@@ -177,8 +183,6 @@ class ShardedIndex(Closing):
         on_gpu = gpu.resolve_gpu(use_gpu)
         numbers = range(manifest.shards) if shards is None else shards
         if lazy:
-            from pipeline.index.shard import read_id_table
-
             loaded = [
                 IndexShard(n, None, read_id_table(output, manifest, n), 0, on_gpu) for n in numbers
             ]
