@@ -1,5 +1,6 @@
 """Database-side augmentation at index build time: time and memory against the same build
-without it, on generated clustered 512-d descriptors (bench_index.py's generator).
+without it, on generated clustered 512-d descriptors (the generator below, bench_index.py's when
+the figures in BENCHMARKS.md were measured; bench_index.py now uses bench/descriptors.py).
 
     .venv/bin/python bench/bench_dba.py --vectors 100000 --factory Flat
     .venv/bin/python bench/bench_dba.py --vectors 1000000 --factory IVF1024,Flat
@@ -27,11 +28,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import ray
-from bench_index import CLUSTERS, DIM, PeakMemory, tree_rss, write_descriptors
 
+from pipeline.extract.spec import ExtractionSpec, fingerprint
 from pipeline.index.build import IndexBuildConfig, build_index
 from pipeline.index.expansion import DbaConfig
-from pipeline.io.storage import join
+from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
+from pipeline.io.storage import join, write_bytes_atomic
+from pipeline.runtime.memory import PeakMemory, tree_rss
+
+DIM = 512
+CLUSTERS = 10_000  # ~100 descriptors per landmark-like cluster
+
+
+def clustered(rng: np.random.Generator, centers: np.ndarray, n: int, noise: float) -> np.ndarray:
+    """Unit vectors near random centers: descriptors with near neighbours."""
+    x = centers[rng.integers(0, len(centers), n)]
+    x = x + noise * rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_descriptors(folder: str, n: int, files: int, centers: np.ndarray, seed: int) -> None:
+    meta = file_metadata(
+        fingerprint(ExtractionSpec(), {"backbone": "resnet101", "dim": DIM}, "0" * 64), "bench"
+    )
+    rng = np.random.default_rng(seed)
+    per = n // files
+    for f in range(files):
+        x = clustered(rng, centers, per, noise=0.8)
+        keys = [f"d{f:02d}_{i:07d}" for i in range(per)]
+        table = descriptor_table(keys, "bench", x, [1] * per, [1] * per, meta)
+        write_bytes_atomic(join(folder, f"part-{f:06d}.parquet"), parquet_bytes(table))
 
 
 def main() -> int:

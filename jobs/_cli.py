@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.index.expansion import DbaConfig
+    from pipeline.index.params import ServingConfig
     from pipeline.index.query import QueryOptions
 
 
@@ -84,12 +85,16 @@ def float_list(text: str) -> tuple[float, ...]:
 
 def add_cluster_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--ray-address`` and ``-v``, the same in every job that runs on Ray."""
+    add_ray_address_argument(p)
+    add_verbose_argument(p)
+
+
+def add_ray_address_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--ray-address",
         default=None,
         help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or local)",
     )
-    add_verbose_argument(p)
 
 
 def add_verbose_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -148,3 +153,68 @@ def query_options(args: argparse.Namespace) -> QueryOptions:
         if args.rerank
         else None,
     )
+
+
+def add_search_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--nprobe`` and ``--k-factor``: override the search defaults an index version records."""
+    p.add_argument(
+        "--nprobe", type=int, default=None, help="IVF cells visited per query (the index's)"
+    )
+    p.add_argument(
+        "--k-factor",
+        type=int,
+        default=None,
+        help="refined indexes: k x this many candidates re-scored (the index's)",
+    )
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """``--distributed`` and how the index is spread over Ray actors."""
+    g = p.add_argument_group("search across a Ray cluster")
+    g.add_argument(
+        "--distributed",
+        action="store_true",
+        help="load the index's shards into Ray actors spread over the cluster's nodes",
+    )
+    g.add_argument("--actors", type=int, default=2, help="actors holding the shards (2)")
+    g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (1)")
+    g.add_argument(
+        "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: search on CPUs)"
+    )
+    g.add_argument(
+        "--actor-overhead-mb",
+        type=int,
+        default=1024,
+        help="memory reserved per actor beyond its shards, MiB (1024)",
+    )
+    add_ray_address_argument(g)
+
+
+def connect_serving(args: argparse.Namespace) -> ServingConfig | None:
+    """With ``--distributed``: connect to Ray and return the ServingConfig the flags ask for;
+    None otherwise."""
+    if not args.distributed:
+        return None
+    from pipeline.index.params import ServingConfig
+    from pipeline.runtime.cluster import connect
+
+    connect(args.ray_address)
+    return ServingConfig(
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+        overhead_bytes=args.actor_overhead_mb << 20,
+    )
+
+
+def add_gpu_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """``--gpu`` / ``--cpu`` (``args.use_gpu``: None = the GPU when faiss sees one)."""
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument(
+        "--gpu",
+        dest="use_gpu",
+        action="store_true",
+        default=None,
+        help=f"{what} on the GPU (default: when faiss has GPU support and sees one)",
+    )
+    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help=f"{what} on the CPU")

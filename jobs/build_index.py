@@ -1,8 +1,10 @@
 """Build a sharded FAISS index (inner product) from descriptor Parquet, as a new version
-behind OUTPUT/LATEST; exits 0 without building when nothing changed since LATEST.
+behind OUTPUT/LATEST; exits 0 without building when nothing changed since LATEST, and adds only
+the new files' vectors (reusing the previous shards) when only new files appeared (never with
+--dba: database-side augmentation changes every stored vector, so it always rebuilds in full).
 
     python jobs/build_index.py --descriptors s3://b/runs/r1 --output s3://b/indexes/r1 \
-        --shards 4 --factory IVF4096,Flat
+        --shards 4 --factory IVF1024,PQ64x4fs,Refine(SQ8) --nprobe 32 --k-factor 8
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs._cli import (
     add_cluster_arguments,
     add_database_arguments,
+    add_gpu_arguments,
     dba_config,
     run_main,
     setup_logging,
@@ -34,7 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--factory",
         default="Flat",
-        help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, ... (Flat)",
+        help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, "
+        "IVF1024,PQ64x4fs,RFlat (refined from float32 copies), "
+        "IVF1024,PQ64x4fs,Refine(SQ8) (refined from 8-bit copies), ... (Flat)",
+    )
+    p.add_argument(
+        "--nprobe", type=int, default=16, help="search default: IVF cells visited per query (16)"
+    )
+    p.add_argument(
+        "--k-factor",
+        type=int,
+        default=4,
+        help="search default for refined indexes: k x this many candidates re-scored (4)",
+    )
+    p.add_argument(
+        "--full",
+        dest="incremental",
+        action="store_false",
+        help="never build incrementally: every rebuild retrains and re-adds everything",
+    )
+    p.add_argument(
+        "--max-new-fraction",
+        type=float,
+        default=0.5,
+        help="rebuild in full once vectors added since the last full build exceed this "
+        "fraction of it (0.5)",
     )
     p.add_argument(
         "--train-size",
@@ -45,15 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retention", type=int, default=3, help="versions kept (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (0)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
-    gpu = p.add_mutually_exclusive_group()
-    gpu.add_argument(
-        "--gpu",
-        dest="use_gpu",
-        action="store_true",
-        default=None,
-        help="FAISS on the GPU (default: when available)",
-    )
-    gpu.add_argument("--cpu", dest="use_gpu", action="store_false", help="FAISS on the CPU")
+    add_gpu_arguments(p, "FAISS")
     add_database_arguments(
         p,
         "post-processing (stored in the version)",
@@ -81,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             retention=args.retention,
             use_gpu=args.use_gpu,
+            nprobe=args.nprobe,
+            k_factor=args.k_factor,
+            incremental=args.incremental,
+            max_new_fraction=args.max_new_fraction,
             whitening=args.whitening,
             dba=dba_config(args),
         )
@@ -90,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"up to date: {args.output} version {result.version} ({result.vectors} vectors)")
         else:
             print(
-                f"built {args.output} version {result.version}: {result.vectors} vectors in "
-                f"{len(result.shard_counts)} shards, {result.seconds:.1f}s"
+                f"built {args.output} version {result.version} ({result.kind}: {result.reason}): "
+                f"{result.vectors} vectors in {len(result.shard_counts)} shards, "
+                f"{result.added} added, {result.seconds:.1f}s"
             )
             if result.dba is not None:
                 print(

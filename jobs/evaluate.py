@@ -17,7 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs._cli import (
     add_database_arguments,
     add_postprocessing_arguments,
+    add_serving_arguments,
     add_verbose_argument,
+    connect_serving,
     dba_config,
     query_options,
     run_main,
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "built with the same --dba)",
     )
     add_postprocessing_arguments(p)
+    add_serving_arguments(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
@@ -67,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             qe=options.qe,
             rerank=options.rerank,
         )
+        serving = connect_serving(args) if args.distractors else None
         report = evaluate(
-            args.gnd, args.queries, args.database, args.distractors, args.approx_k, post
+            args.gnd,
+            args.queries,
+            args.database,
+            args.distractors,
+            args.approx_k,
+            post=post,
+            serving=serving,
         )
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
         name = args.name or NAMES.get(stem, stem)

@@ -1,5 +1,6 @@
 """Query an index version with descriptors of given keys, or with images: top-k keys and
-scores, with the version's whitening and optional alpha-QE and re-ranking.
+scores, with the version's whitening and optional alpha-QE and re-ranking, from this process or
+from Ray actors holding the shards (--distributed).
 
     python jobs/search_index.py --index s3://b/indexes/r1 --descriptors s3://b/runs/q \
         --key all_souls_000013 -k 10
@@ -15,15 +16,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs._cli import (
+    add_gpu_arguments,
     add_postprocessing_arguments,
+    add_search_arguments,
+    add_serving_arguments,
     add_verbose_argument,
+    connect_serving,
     query_options,
     run_main,
     setup_logging,
 )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="search_index.py", description=__doc__.split("\n\n")[0])
     add_verbose_argument(p)
     p.add_argument("--index", required=True, help="index folder URI")
@@ -44,7 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         "them (their sha256 must match)",
     )
     p.add_argument("-k", type=int, default=10, help="results per query (10)")
+    add_search_arguments(p)
     add_postprocessing_arguments(p)
+    add_gpu_arguments(p, "search")
+    add_serving_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.key and not args.image:
         p.error("give at least one --key or --image")
@@ -57,32 +70,36 @@ def main(argv: list[str] | None = None) -> int:
 
         from pipeline.index.query import search
         from pipeline.index.query_image import describe_images
-        from pipeline.index.search import ShardedIndex
+        from pipeline.index.search import open_index
         from pipeline.io.descriptor_reader import read_descriptors
 
-        index = ShardedIndex.load(args.index, args.version)
-        names, blocks = [], []
-        if args.key:
-            keys, x, identity = read_descriptors(args.descriptors)
-            rows = {k: i for i, k in enumerate(keys)}
-            missing = [k for k in args.key if k not in rows]
-            if missing:
-                raise ValueError(f"no descriptor for {missing}")
-            index.check_queries(identity, args.descriptors)
-            names += args.key
-            blocks.append(x[[rows[k] for k in args.key]])
-        if args.image:
-            names += args.image
-            blocks.append(describe_images(index.manifest, args.image, args.weights))
-        found = search(index, np.concatenate(blocks), args.k, query_options(args))
+        options = query_options(args)
+        serving = connect_serving(args)
+        with open_index(args.index, args.version, serving, args.use_gpu) as index:
+            names, blocks = [], []
+            if args.key:
+                keys, x, identity = read_descriptors(args.descriptors)
+                rows = {k: i for i, k in enumerate(keys)}
+                missing = [k for k in args.key if k not in rows]
+                if missing:
+                    raise ValueError(f"no descriptor for {missing}")
+                index.check_queries(identity, args.descriptors)
+                names += args.key
+                blocks.append(x[[rows[k] for k in args.key]])
+            if args.image:
+                names += args.image
+                blocks.append(describe_images(index.manifest, args.image, args.weights))
+            params = index.params.with_overrides(args.nprobe, args.k_factor)
+            found = search(index, np.concatenate(blocks), args.k, options, params)
         result = found.result
-        print(f"post-processing: {'; '.join(found.applied) or 'none'}")
+        where = f"{serving.actors} actors" if serving else "this process"
         for q, key in enumerate(names):
-            print(f"query {key} (index {index.version}):")
+            print(f"query {key} (index {index.version}, {where}):")
             for rank, (hit, score) in enumerate(
                 zip(result.keys[q], result.scores[q], strict=False)
             ):
                 print(f"  {rank + 1:3d}  {score:.4f}  {hit}")
+        print(f"post-processing: {'; '.join(found.applied) or 'none'}")
         return 0
 
     return run_main(run)

@@ -9,6 +9,9 @@ Neighbours are searched over database ∪ distractors. Approximations, stated in
   augmented among themselves at build time (``build_index.py --dba``, same k and α): the
   distractors' own neighbours do not include the database images.
 - With an approximate distractor index, neighbours and the top M come from its search.
+
+The distractor index may live in this process or on Ray actors (``--distributed``): both
+answer searches of prepared vectors and give their stored vectors by id.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ from pipeline.evaluate.ranking import RankingModel, distractor_counter
 from pipeline.index.expansion import DbaConfig, QeConfig, alpha_expand
 from pipeline.index.query import QueryOptions, describe
 from pipeline.index.rerank import RerankConfig, rerank
-from pipeline.index.search import ShardedIndex
-from pipeline.index.vectors import StoredVectors
+from pipeline.index.search import SearchableIndex, VectorSource
 from pipeline.index.whitening import Whitening, read_whitening
 from pipeline.io.redact import redact_text
 
@@ -46,7 +48,7 @@ class Prepared:
 
 
 def resolve_whitening(
-    post: EvalPostProcessing, index: ShardedIndex | None
+    post: EvalPostProcessing, index: SearchableIndex | None
 ) -> tuple[Whitening | None, str]:
     """The whitening to apply (the flag's, else the index's) and its report line; a flag that
     differs from the distractor index's whitening is refused."""
@@ -69,10 +71,10 @@ def resolve_whitening(
 class Candidates:
     """Nearest vectors over database ∪ distractors, best first (database first at ties)."""
 
-    def __init__(self, x: np.ndarray, index: ShardedIndex | None) -> None:
+    def __init__(self, x: np.ndarray, index: SearchableIndex | None) -> None:
         self.x = x
         self.index = index
-        self.stored = StoredVectors(index) if index is not None else None
+        self.stored: VectorSource | None = index.stored_vectors() if index is not None else None
 
     def top(
         self, v: np.ndarray, k: int, exclude_db: np.ndarray | None = None
@@ -104,7 +106,7 @@ class Candidates:
 def prepare(
     q: np.ndarray,
     x: np.ndarray,
-    index: ShardedIndex | None,
+    index: SearchableIndex | None,
     post: EvalPostProcessing,
     resolved: tuple[Whitening | None, str],
 ) -> Prepared:
@@ -162,15 +164,18 @@ class RerankedRanking:
 
 def ranking(
     prepared: Prepared,
-    index: ShardedIndex | None,
+    index: SearchableIndex | None,
     post: EvalPostProcessing,
     approx_k: int,
 ) -> tuple[Callable[[int, np.ndarray], np.ndarray], bool]:
     """positions_of for the full ranking (with distractors when ``index``), and whether it is
     exact."""
     q, x = prepared.q, prepared.x
-    counts, exact = (None, True) if index is None else distractor_counter(index, q, approx_k)
-    base = RankingModel(q @ x.T, counts)
+    db_scores = q @ x.T
+    counts, exact = (
+        (None, True) if index is None else distractor_counter(index, q, approx_k, db_scores)
+    )
+    base = RankingModel(db_scores, counts)
     if post.rerank is None:
         return base.positions_of, exact
     _, vectors, db = Candidates(x, index).top(q, post.rerank.m)

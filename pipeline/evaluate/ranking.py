@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.index.search import ShardedIndex
+from pipeline.index.search import SearchableIndex
 
 
 @dataclass(frozen=True)
@@ -33,23 +33,22 @@ class RankingModel:
 
 
 def distractor_counter(
-    index: ShardedIndex, queries: np.ndarray, k: int
+    index: SearchableIndex, queries: np.ndarray, k: int, db_scores: np.ndarray
 ) -> tuple[Callable[[int, np.ndarray], np.ndarray], bool]:
     """counts_above for the distractors, and whether it is exact (flat index: every distractor
-    scored) or a lower bound from the top-k of an approximate index. ``queries`` are in the
-    index's space (its whitening applied: ``ShardedIndex.prepare_queries``)."""
+    scored against each database score ``db_scores`` (nq, n_db), in one process or on the
+    index's actors) or a lower bound from the top-k of an approximate index. ``queries`` are
+    in the index's space (its whitening applied: ``prepare_queries``)."""
     if index.exact:
-        sorted_scores = []
-        for s in range(len(index.shards)):
-            sorted_scores.append(index.shard_vectors(s) @ queries.T)  # (n_s, nq)
-        per_query = [
-            np.sort(np.concatenate([x[:, q] for x in sorted_scores])) for q in range(len(queries))
-        ]
-        del sorted_scores
+        above = index.count_above(queries, db_scores, prepared=True)  # (nq, n_db)
+        order = np.argsort(db_scores, axis=1, kind="stable")
+        sorted_scores = np.take_along_axis(db_scores, order, 1)
+        sorted_counts = np.take_along_axis(above, order, 1)
 
         def exact(q: int, scores: np.ndarray) -> np.ndarray:
-            ranked = per_query[q]
-            return len(ranked) - np.searchsorted(ranked, scores.astype(np.float32), side="right")
+            # ``scores`` are values of db_scores[q]: equal values have equal counts
+            at = np.searchsorted(sorted_scores[q], scores, side="left")
+            return sorted_counts[q][at]
 
         return exact, True
     top = index.search(queries, k, prepared=True).scores  # (nq, k), best first

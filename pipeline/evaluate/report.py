@@ -17,7 +17,8 @@ from pipeline.evaluate.postprocess import (
     resolve_whitening,
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
-from pipeline.index.search import ShardedIndex
+from pipeline.index.params import ServingConfig
+from pipeline.index.search import SearchableIndex, open_index
 from pipeline.io.descriptor_reader import read_descriptors
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,13 @@ def evaluate(
     distractors: str | None = None,
     approx_k: int = 1000,
     post: EvalPostProcessing | None = None,
+    serving: ServingConfig | None = None,
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
     and the database-only figures under ``without_distractors``; ``post``: whitening, DBA, αQE
-    and re-ranking (``pipeline.evaluate.postprocess``), listed under ``postprocessing``."""
+    and re-ranking (``pipeline.evaluate.postprocess``), listed under ``postprocessing``.
+    ``serving``: the distractor index is searched by Ray actors (``pipeline.index.serving``)
+    instead of in this process."""
     post = post or EvalPostProcessing()
     truth = load_gnd(gnd_uri)
     q_keys, q_x, q_model = read_descriptors(queries)
@@ -60,10 +64,22 @@ def evaluate(
     q = _rows(q_keys, q_x, truth.qimlist, "query")
     x = _rows(d_keys, d_x, truth.imlist, "database")
     gnd = truth.gnd
-    index = None
-    if distractors:
-        index = ShardedIndex.load(distractors)
+    if not distractors:
+        return _report(gnd, q, x, None, post, approx_k)
+    with open_index(distractors, serving=serving) as index:
         index.check_queries(d_model, database)
+        return _report(gnd, q, x, index, post, approx_k)
+
+
+def _report(
+    gnd: list[dict[str, Any]],
+    q: np.ndarray,
+    x: np.ndarray,
+    index: SearchableIndex | None,
+    post: EvalPostProcessing,
+    approx_k: int,
+) -> dict[str, Any]:
+    """The figures without distractors, and with ``index``'s when given."""
     # The same whitening with and without distractors (the flag's, or the index's own).
     whitening = resolve_whitening(post, index)
     alone = prepare(q, x, None, post, whitening)
@@ -71,23 +87,25 @@ def evaluate(
     report: dict[str, Any] = score_protocols(gnd, positions)
     report.update(queries=len(q), database=len(x), distractors=0, exact=True)
     report["postprocessing"] = alone.applied
-    if index is not None:
-        prepared = prepare(q, x, index, post, whitening)
-        positions, exact = ranking(prepared, index, post, approx_k)
-        without = {p: report[p] for p in PROTOCOLS}
-        report.update(score_protocols(gnd, positions))
-        report["postprocessing"] = prepared.applied
-        report.update(
-            distractors=index.ntotal,
-            exact=exact,
-            without_distractors=without,
-            distractor_index_version=index.version,
+    if index is None:
+        return report
+    prepared = prepare(q, x, index, post, whitening)
+    positions, exact = ranking(prepared, index, post, approx_k)
+    without = {p: report[p] for p in PROTOCOLS}
+    report.update(score_protocols(gnd, positions))
+    report["postprocessing"] = prepared.applied
+    report.update(
+        distractors=index.ntotal,
+        exact=exact,
+        without_distractors=without,
+        distractor_index_version=index.version,
+    )
+    if not exact:
+        report["note"] = (
+            f"approximate distractor index ({index.manifest.factory}, nprobe "
+            f"{index.params.nprobe}, k_factor {index.params.k_factor}): "
+            f"ranks use its top-{approx_k}, so mAP is an upper bound"
         )
-        if not exact:
-            report["note"] = (
-                f"approximate distractor index ({index.manifest.factory}): "
-                f"ranks use its top-{approx_k}, so mAP is an upper bound"
-            )
     return report
 
 

@@ -1,30 +1,43 @@
 """Sharded FAISS index builds from descriptor Parquet, as immutable versions behind a LATEST
-pointer.
+pointer; full or incremental.
 
 OUTPUT/<version>/shard-00000.faiss, ids-00000.parquet (position -> id, key, source), …,
-manifest.json (written after every shard), then OUTPUT/LATEST (the version name) moves: a reader
-that follows LATEST never sees a half-built version. Builds whose inputs and configuration are
-unchanged since LATEST are skipped.
+trained.faiss (the trained, empty index of a full build that needs training), manifest.json
+(written after every shard), then OUTPUT/LATEST (the version name) moves: a reader that follows
+LATEST never sees a half-built version. ``pipeline.index.plan`` decides what a build does:
+nothing when inputs and configuration are unchanged; an incremental version (the previous
+shards reused by reference, only the new files' vectors added, with the stored trained index)
+when only new files appeared; a full build otherwise, and always with DBA.
+
+Issue 11: the up-to-date check only reads; a build holds the output's lease
+(``pipeline.runtime.lease``), checks it before writing the manifest (a build that lost it
+publishes nothing), moves LATEST forward only, and prunes old versions keeping LATEST and
+every version a kept one references. Issue 12: the whitening file (``cfg.whitening``) is copied
+into every version folder (incremental ones too: the same file as the base, or a full rebuild)
+and applied to the training sample and every stored vector; DBA rewrites the shards of the
+version being built, before its manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import ray
 
-from pipeline.index.expansion import DbaConfig
+from pipeline.index import gpu
+from pipeline.index.config import METRIC, IndexBuildConfig
+from pipeline.index.plan import BuildPlan, balance, plan_build, signature
 from pipeline.index.postprocess import (
     extraction_record,
     load_build_whitening,
@@ -53,7 +66,9 @@ from pipeline.io.descriptor_reader import (
 from pipeline.io.descriptor_writer import parquet_bytes
 from pipeline.io.storage import (
     check_output_folder,
+    exists,
     join,
+    read_bytes,
     upload_file_atomic,
     write_bytes_atomic,
 )
@@ -62,37 +77,23 @@ from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.records import check_fingerprint
 
+__all__ = [
+    "BuildResult",
+    "IndexBuildConfig",
+    "assign_files",
+    "build_index",
+    "sample_training_vectors",
+    "save_index",
+    "signature",
+    "write_shard",
+]
+
 log = logging.getLogger(__name__)
 
+TRAINED = "trained.faiss"
 
-@dataclass(frozen=True)
-class IndexBuildConfig:
-    # A FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, OPQ32,IVF1024,PQ32x4fs, …
-    factory: str = "Flat"
-    shards: int = 1
-    # Vectors sampled uniformly at random across all input files to train the index.
-    train_size: int = 100_000
-    seed: int = 0
-    # Versions kept (LATEST included); older ones are deleted after a successful build.
-    retention: int = 3
-    # Rows per streamed batch while adding.
-    batch_rows: int = 65536
-    # None: FAISS on the GPU when faiss has GPU support and a GPU is visible.
-    use_gpu: bool | None = None
-    # issue 12: a whitening file (jobs/learn_whitening.py) applied to every stored vector and,
-    # at search, to every query; and database-side augmentation (pipeline.index.dba).
-    whitening: str | None = None
-    dba: DbaConfig | None = None
-
-    def __post_init__(self) -> None:
-        if self.shards <= 0 or self.train_size <= 0 or self.retention <= 0:
-            raise ValueError("shards, train size and retention must be positive")
-        try:
-            faiss.index_factory(
-                8 if "PQ" not in self.factory else 64, self.factory, faiss.METRIC_INNER_PRODUCT
-            )
-        except RuntimeError as e:
-            raise ValueError(f"not a FAISS index_factory string: {self.factory!r}") from e
+# One streamed batch of a shard: global ids (n,), keys, sources, descriptors (n, d) float32.
+Batch = tuple[np.ndarray, list[str], list[str], np.ndarray]
 
 
 @dataclass
@@ -102,38 +103,15 @@ class BuildResult:
     vectors: int = 0
     shard_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    kind: str = "full"  # "up_to_date", "full" or "incremental"
+    reason: str = ""
+    added: int = 0  # vectors this build added (all of them for a full build)
     dba: DbaRecord | None = None  # issue 12: DBA's time and memory when it ran
-
-
-def signature(
-    files: list[DescriptorFile], cfg: IndexBuildConfig, whitening_sha256: str | None = None
-) -> str:
-    """What a version is a function of: the input files (URI, size, ETag) and the config."""
-    payload: dict[str, object] = {
-        "files": [[f.uri, f.size, f.etag] for f in files],
-        "factory": cfg.factory,
-        "shards": cfg.shards,
-        "train_size": cfg.train_size,
-        "seed": cfg.seed,
-        "metric": "inner_product",
-    }
-    # issue 12: post-processing, only when used (earlier versions keep their signatures).
-    if whitening_sha256 is not None:
-        payload["whitening"] = whitening_sha256
-    if cfg.dba is not None:
-        payload["dba"] = [cfg.dba.k, cfg.dba.alpha]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
     """File indices per index shard, balancing rows greedily (largest file first)."""
-    load = [0] * shards
-    out: list[list[int]] = [[] for _ in range(shards)]
-    for i in sorted(range(len(files)), key=lambda i: (-files[i].rows, i)):
-        s = min(range(shards), key=lambda s: (load[s], s))
-        out[s].append(i)
-        load[s] += files[i].rows
-    return [sorted(x) for x in out]
+    return balance([f.rows for f in files], shards)
 
 
 def sample_training_vectors(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
@@ -141,54 +119,77 @@ def sample_training_vectors(files: list[DescriptorFile], n: int, seed: int) -> n
     return sample_rows(files, n, seed)
 
 
-def _gpu_available(use_gpu: bool | None) -> bool:
-    has = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    if use_gpu and not has:
-        raise ValueError("--gpu asked for, but faiss has no GPU support or sees no GPU")
-    return has if use_gpu is None else bool(use_gpu)
-
-
-def _new_index(dim: int, cfg: IndexBuildConfig, trained: bytes | None) -> faiss.Index:
+def new_index(dim: int, factory: str, trained: bytes | None) -> faiss.Index:
+    """An empty shard: a copy of the trained index, or a fresh one that needs no training."""
     if trained is not None:
         return faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
-    return faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
+    return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
 
 
-def build_shard(
-    shard: int,
-    files: list[tuple[str, int]],
+def use_assigned_cpus() -> None:
+    """FAISS threads = the CPUs Ray gave this task (a reused worker keeps its first setting)."""
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is not None and context.worker.mode == ray.WORKER_MODE:
+        faiss.omp_set_num_threads(max(1, int(context.get_assigned_resources().get("CPU", 1))))
+
+
+def train_index(
+    files: list[DescriptorFile],
     dim: int,
     cfg: IndexBuildConfig,
-    trained: bytes | None,
-    version_dir: str,
-) -> int:
-    """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table.
-    With ``cfg.whitening`` (issue 12), the version's copy of it whitens every vector first."""
-    whitening = version_whitening(version_dir) if cfg.whitening else None
-    index = _new_index(dim, cfg, trained)
-    gpu = _gpu_available(cfg.use_gpu)
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    ids, keys, sources = [], [], []
+    whitening: Whitening | None = None,
+) -> bytes:
+    """The trained, empty index (serialised), trained on ``cfg.train_size`` vectors sampled
+    across all ``files`` (whitened by ``whitening``, as the stored vectors will be); the k-means
+    on the GPU where there is one."""
+    use_assigned_cpus()
+    sample = sample_training_vectors(files, cfg.train_size, cfg.seed)
+    if whitening is not None:
+        sample = whitening.apply(sample)
+    log.info(
+        "training %s on %d vectors sampled across %d files", cfg.factory, len(sample), len(files)
+    )
+    index = faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
+    gpu.train(index, sample, gpu.resolve_gpu(cfg.use_gpu))
+    return faiss.serialize_index(index).tobytes()
+
+
+def file_batches(
+    files: list[tuple[str, int]], batch_rows: int, whitening: Whitening | None = None
+) -> Iterator[Batch]:
+    """The rows of ``files`` ((uri, first id)) in streamed batches, whitened by ``whitening``
+    (writable float32 arrays either way)."""
     for uri, first_id in files:
         offset = first_id
-        for k, s, x in iter_batches(uri, cfg.batch_rows):
-            index.add(x if whitening is None else whitening.apply(x))
-            ids.append(np.arange(offset, offset + len(k), dtype=np.int64))
-            keys.extend(k)
-            sources.extend(s)
-            offset += len(k)
-    if gpu:
-        index = faiss.index_gpu_to_cpu(index)
+        for keys, sources, x in iter_batches(uri, batch_rows):
+            x = np.array(x) if whitening is None else whitening.apply(x)
+            yield np.arange(offset, offset + len(keys), dtype=np.int64), keys, sources, x
+            offset += len(keys)
+
+
+def write_shard(
+    number: int, batches: Iterable[Batch], index: faiss.Index, version_dir: str, on_gpu: bool
+) -> int:
+    """Add ``batches`` to ``index`` (the coarse assignment on the GPU when ``on_gpu``), then
+    write ``shard-<number>.faiss`` and its id table into ``version_dir``; returns the count."""
+    ids, keys, sources = [], [], []
+    with gpu.coarse_quantizer_on_gpu(index, on_gpu):
+        for batch_ids, batch_keys, batch_sources, x in batches:
+            index.add(x)
+            ids.append(batch_ids)
+            keys.append(pa.array(batch_keys, pa.string()))
+            sources.append(pa.array(batch_sources, pa.string()).dictionary_encode())
     table = pa.table(
         {
             "id": pa.array(np.concatenate(ids) if ids else np.zeros(0, np.int64)),
-            "key": pa.array(keys, pa.string()),
-            "source": pa.array(sources, pa.string()),
+            "key": pa.chunked_array(keys, pa.string()),
+            "source": pa.chunked_array(sources, pa.dictionary(pa.int32(), pa.string())).cast(
+                pa.string()
+            ),
         }
     )
-    write_bytes_atomic(join(version_dir, f"ids-{shard:05d}.parquet"), parquet_bytes(table))
-    return save_index(index, join(version_dir, f"shard-{shard:05d}.faiss"))
+    write_bytes_atomic(join(version_dir, f"ids-{number:05d}.parquet"), parquet_bytes(table))
+    return save_index(index, join(version_dir, f"shard-{number:05d}.faiss"))
 
 
 def save_index(index: faiss.Index, uri: str) -> int:
@@ -203,6 +204,38 @@ def save_index(index: faiss.Index, uri: str) -> int:
     return count
 
 
+def build_shard(
+    shard: int,
+    files: list[tuple[str, int]],
+    dim: int,
+    cfg: IndexBuildConfig,
+    trained: bytes | None,
+    version_dir: str,
+) -> int:
+    """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table.
+    With ``cfg.whitening`` (issue 12), the version's copy of it whitens every vector first."""
+    use_assigned_cpus()
+    whitening = version_whitening(version_dir) if cfg.whitening else None
+    return write_shard(
+        shard,
+        file_batches(files, cfg.batch_rows, whitening),
+        new_index(dim, cfg.factory, trained),
+        version_dir,
+        gpu.resolve_gpu(cfg.use_gpu),
+    )
+
+
+def _gpus_per_task(cfg: IndexBuildConfig) -> int:
+    """GPUs a build task asks Ray for: Ray hides the GPUs from tasks that ask for none."""
+    if cfg.use_gpu is False:
+        return 0
+    return 1 if cfg.use_gpu or ray.cluster_resources().get("GPU", 0) > 0 else 0
+
+
+def _store_trained(version_dir: str, trained: bytes) -> None:
+    write_bytes_atomic(join(version_dir, TRAINED), trained)
+
+
 def build_index(
     descriptors: str,
     output: str,
@@ -211,149 +244,217 @@ def build_index(
     lease_ttl_s: float = DEFAULT_TTL_S,
 ) -> BuildResult:
     """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
-    cluster), unless nothing changed since LATEST and ``force`` is False."""
+    cluster): nothing when up to date, incremental when only new files appeared, else full."""
     t0 = time.monotonic()
     check_output_folder(output, descriptors, "descriptors")
     preflight(read=[descriptors], write=[output])
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)
-    # issue 12 hook: the whitening to apply (checked against the descriptors' model).
+    # issue 12: the whitening to apply (checked against the descriptors' model).
     whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)
-    sig = signature(files, cfg, whitening_sha)
-    done = _up_to_date(descriptors, output, identity, sig, force)
-    if done is not None:  # read only: a scheduled rebuild with nothing new writes nothing
-        return done
+    dim = files[0].dim if whitening is None else whitening.dim_out
+    job = _Job(descriptors, output, cfg, files, identity, whitening, whitening_sha, dim)
+    plan, previous = _plan(job, force)
+    if plan.kind == "up_to_date" and previous is not None:
+        return _up_to_date(output, plan, previous)  # read only: nothing new writes nothing
     with Lease(output, "build_index", ttl_s=lease_ttl_s) as lease:
-        done = _up_to_date(descriptors, output, identity, sig, force)  # another build finished
-        if done is not None:
-            return done
-        return _build_version(files, identity, sig, output, cfg, lease, t0, descriptors, whitening)
+        plan, previous = _plan(job, force)  # again: another build may have finished meanwhile
+        if plan.kind == "up_to_date" and previous is not None:
+            return _up_to_date(output, plan, previous)
+        return _build_version(job, plan, previous, lease, t0)
 
 
-def _up_to_date(
-    descriptors: str, output: str, identity: dict[str, str], sig: str, force: bool
-) -> BuildResult | None:
-    """The result when LATEST already holds these inputs with this configuration; refuses
-    descriptors of another model."""
-    latest = read_latest(output)
-    if latest and not force:
-        version, manifest = latest
-        if manifest.signature == sig:
-            log.info("index %s is up to date (version %s)", output, version)
-            return BuildResult(version, True, manifest.count, manifest.shard_counts)
+@dataclass(frozen=True)
+class _Job:
+    """What a build is of, established before it plans (and again under its lease)."""
+
+    descriptors: str
+    output: str
+    cfg: IndexBuildConfig
+    files: list[DescriptorFile]
+    identity: dict[str, str]  # the descriptors' model
+    whitening: Whitening | None
+    whitening_sha: str | None
+    dim: int  # of the stored vectors: the descriptors', or the whitening's output
+
+    @property
+    def needs_training(self) -> bool:
+        probe = faiss.index_factory(self.dim, self.cfg.factory, faiss.METRIC_INNER_PRODUCT)
+        return not probe.is_trained
+
+
+def _plan(job: _Job, force: bool) -> tuple[BuildPlan, IndexManifest | None]:
+    """What the build does now and LATEST's manifest (read only); refuses descriptors of
+    another model than LATEST's."""
+    latest = read_latest(job.output)
+    previous = latest[1] if latest else None
+    reusable = previous is not None and (
+        not job.needs_training or exists(join(job.output, previous.trained_version, TRAINED))
+    )
+    plan = plan_build(job.files, previous, job.cfg, force, reusable, job.whitening_sha)
+    if previous is not None and plan.kind != "up_to_date" and not force:
         check_fingerprint(
-            f"the index at {output} (its descriptors)",
-            manifest.descriptor_model,
-            identity,
-            f"{descriptors} cannot join it: build it into a new --output",
+            f"the index at {job.output} (its descriptors)",
+            previous.descriptor_model,
+            job.identity,
+            f"{job.descriptors} cannot join it: build it into a new --output",
         )
-    return None
+    return plan, previous
+
+
+def _up_to_date(output: str, plan: BuildPlan, previous: IndexManifest) -> BuildResult:
+    log.info("index %s is up to date (version %s)", output, previous.version)
+    return BuildResult(
+        previous.version,
+        True,
+        previous.count,
+        previous.shard_counts,
+        kind=plan.kind,
+        reason=plan.reason,
+    )
 
 
 def _build_version(
-    files: list[DescriptorFile],
-    identity: dict[str, str],
-    sig: str,
-    output: str,
-    cfg: IndexBuildConfig,
-    lease: Lease,
-    t0: float,
-    descriptors: str,
-    whitening: Whitening | None = None,
+    job: _Job, plan: BuildPlan, previous: IndexManifest | None, lease: Lease, t0: float
 ) -> BuildResult:
-    """Train, fill every shard, write the manifest, then move LATEST (under the lease).
-    Issue 12: ``whitening`` applies to every stored vector; DBA runs before the manifest."""
-    dim = files[0].dim if whitening is None else whitening.dim_out
-    version = new_version_name(output, sig)
-    lease.note(f"building version {version}")
+    """Train (or reuse the base's training), fill the plan's shards, DBA, write the manifest,
+    then move LATEST (under the lease)."""
+    output, cfg, dim, whitening = job.output, job.cfg, job.dim, job.whitening
+    version = new_version_name(output, plan.signature)
+    lease.note(f"building version {version} ({plan.kind})")
     version_dir = join(output, version)
+    log.info("building %s version %s: %s (%s)", output, version, plan.kind, plan.reason)
     postprocessing = None
-    if whitening is not None and cfg.whitening is not None:  # issue 12 hook
+    if whitening is not None and cfg.whitening is not None:
+        # Every version holds its own copy; an incremental one's is the base's (same sha256).
         postprocessing = store_whitening(cfg.whitening, whitening, version_dir)
+    gpus = _gpus_per_task(cfg)
     trained = None
-    probe = faiss.index_factory(dim, cfg.factory, faiss.METRIC_INNER_PRODUCT)
-    if not probe.is_trained:
-        sample = sample_training_vectors(files, cfg.train_size, cfg.seed)
-        if whitening is not None:
-            sample = whitening.apply(sample)
-        log.info(
-            "training %s on %d vectors sampled across %d files",
-            cfg.factory,
-            len(sample),
-            len(files),
-        )
-        if _gpu_available(cfg.use_gpu):
-            gpu_probe = faiss.index_cpu_to_all_gpus(probe)
-            gpu_probe.train(sample)
-            probe = faiss.index_gpu_to_cpu(gpu_probe)
+    if job.needs_training:
+        if plan.kind == "incremental" and previous is not None:
+            trained = read_bytes(join(output, previous.trained_version, TRAINED))
         else:
-            probe.train(sample)
-        trained = faiss.serialize_index(probe).tobytes()
-    first_ids = np.concatenate([[0], np.cumsum([f.rows for f in files])[:-1]]).astype(int)
-    plan = assign_files(files, cfg.shards)
-    task = ray.remote(num_cpus=1)(build_shard)
+            # Training is one task: it takes a whole node's CPUs (up to 16) for FAISS's threads.
+            cpus = max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
+            task: Any = ray.remote(num_cpus=min(16, cpus), num_gpus=gpus)(train_index)
+            trained = ray.get(task.remote(job.files, dim, cfg, whitening))
+            _store_trained(version_dir, trained)
+    inputs = shard_inputs(plan)
+    counts = _build_shards(plan, inputs, dim, cfg, trained, version_dir, gpus)
+    manifest = dataclasses.replace(
+        _manifest(plan, previous, version, dim, cfg, counts, job.identity),
+        postprocessing=postprocessing,
+        extraction=extraction_record(job.descriptors, job.files),  # issue 12: search by image
+    )
+    if cfg.dba is not None:
+        # DBA of the stored vectors, before publication; plan_build made this a full build.
+        from pipeline.index.dba import augment_version
+
+        lease.note(f"DBA of version {version}")
+        record = augment_version(
+            output,
+            manifest,
+            inputs,
+            cfg.dba,
+            lambda: new_index(dim, cfg.factory, trained),
+            whitening,
+            cfg.use_gpu,
+        )
+        manifest = dataclasses.replace(
+            manifest, postprocessing=PostProcessing(manifest.whitening, record)
+        )
+    # A build whose lease was taken over writes no manifest and no LATEST: the note renews
+    # the lease (a conditional write, so a takeover since the last heartbeat shows here).
+    lease.note(f"publishing version {version}")
+    lease.check()
+    write_manifest(output, manifest)
+    publish(output, version)  # the commit point: LATEST moves, forward only
+    lease.check()  # pruning, too, only by the lease's holder
+    prune_versions(output, cfg.retention, keep=version)
+    added = sum(f.rows for f in plan.add)
+    result = BuildResult(
+        version, False, manifest.count, manifest.shard_counts, time.monotonic() - t0,
+        plan.kind, plan.reason, added, manifest.dba,
+    )  # fmt: skip
+    metrics.set_gauge("vectors", result.vectors)
+    metrics.set_gauge("build", result.seconds)
+    metrics.set_gauge("version", time.time())
+    log.info(
+        "built %s (%s): %d vectors in %d shards, %d added (%.1fs)",
+        version, plan.kind, result.vectors, len(result.shard_counts), added, result.seconds,
+    )  # fmt: skip
+    return result
+
+
+def shard_inputs(plan: BuildPlan) -> list[list[tuple[str, int]]]:
+    """Per new shard of ``plan``, its input files and their first ids, in position order."""
+    add = plan.add
+    first_ids = plan.first_id + np.concatenate([[0], np.cumsum([f.rows for f in add])[:-1]])
+    groups = assign_files(add, plan.new_shards) if plan.new_shards else []
+    return [[(add[i].uri, int(first_ids[i])) for i in idx] for idx in groups]
+
+
+def _build_shards(
+    plan: BuildPlan,
+    inputs: list[list[tuple[str, int]]],
+    dim: int,
+    cfg: IndexBuildConfig,
+    trained: bytes | None,
+    version_dir: str,
+    gpus: int,
+) -> list[int]:
+    """Fill the plan's new shards (``inputs``: ``shard_inputs(plan)``) in parallel Ray tasks;
+    their counts in shard order."""
+    task = ray.remote(num_cpus=1, num_gpus=gpus)(build_shard)
     trained_ref = ray.put(trained)
     refs = [
-        task.remote(
-            s,
-            [(files[i].uri, int(first_ids[i])) for i in idx],
-            dim,
-            cfg,
-            trained_ref,
-            version_dir,
-        )
-        for s, idx in enumerate(plan)
+        task.remote(plan.first_shard + s, files, dim, cfg, trained_ref, version_dir)
+        for s, files in enumerate(inputs)
     ]
     counts = []
     for s, ref in enumerate(refs):
         counts.append(ray.get(ref))
         if failpoints.trigger("index_crash_after_shards", str(s + 1)):
             os._exit(1)  # a crash after some shards, before the manifest and LATEST
-    manifest = IndexManifest(
+    return counts
+
+
+def _manifest(
+    plan: BuildPlan,
+    previous: IndexManifest | None,
+    version: str,
+    dim: int,
+    cfg: IndexBuildConfig,
+    counts: list[int],
+    identity: dict[str, str],
+) -> IndexManifest:
+    """The new version's manifest: an incremental one lists the previous shards (where they
+    live) and inputs first, then its own."""
+    inputs = [IndexInput(f.uri, f.size, f.etag, f.rows) for f in plan.add]
+    shard_versions: list[str] = []
+    base_version, added_since_base = "", 0
+    if plan.kind == "incremental" and previous is not None:
+        shard_versions = [previous.shard_version(n) for n in range(previous.shards)]
+        shard_versions += [version] * len(counts)
+        counts = previous.shard_counts + counts
+        inputs = previous.inputs + inputs
+        base_version = previous.trained_version
+        added_since_base = previous.added_since_base + sum(f.rows for f in plan.add)
+    return IndexManifest(
         version=version,
-        signature=sig,
+        signature=plan.signature,
         factory=cfg.factory,
         dim=dim,
-        metric="inner_product",
-        shards=cfg.shards,
+        metric=METRIC,
+        shards=len(counts),
         shard_counts=counts,
         count=sum(counts),
         config=asdict(cfg),
-        inputs=[IndexInput(f.uri, f.size, f.etag, f.rows) for f in files],
+        inputs=inputs,
         descriptor_model=identity,
         created_at=datetime.now(UTC).isoformat(),
         faiss=faiss.__version__,
-        postprocessing=postprocessing,
-        extraction=extraction_record(descriptors, files),  # issue 12: for search by image
+        shard_versions=shard_versions,
+        base_version=base_version,
+        added_since_base=added_since_base,
     )
-    if cfg.dba is not None:  # issue 12 hook: DBA of the stored vectors, before publication
-        from pipeline.index.dba import augment_version
-
-        lease.note(f"DBA of version {version}")
-        record = augment_version(
-            version_dir,
-            manifest,
-            [[(files[i].uri, int(first_ids[i])) for i in idx] for idx in plan],
-            cfg.dba,
-            lambda: _new_index(dim, cfg, trained),
-            whitening,
-        )
-        manifest = dataclasses.replace(
-            manifest, postprocessing=PostProcessing(manifest.whitening, record)
-        )
-    lease.check()  # a build whose lease was taken over publishes nothing
-    write_manifest(output, manifest)
-    publish(output, version)  # the commit point: LATEST moves, forward only
-    prune_versions(output, cfg.retention, keep=version)
-    result = BuildResult(version, False, sum(counts), counts, time.monotonic() - t0, manifest.dba)
-    metrics.set_gauge("vectors", result.vectors)
-    metrics.set_gauge("build", result.seconds)
-    metrics.set_gauge("version", time.time())
-    log.info(
-        "built %s: %d vectors in %d shards (%.1fs)",
-        version,
-        result.vectors,
-        len(counts),
-        result.seconds,
-    )
-    return result

@@ -10,6 +10,9 @@ version's own index (exact with Flat shards, approximate with IVF/PQ ones), in b
    empty index. The in-memory original stays untouched, so every vector is augmented from the
    original neighbours.
 
+DBA makes every build a full one (``pipeline.index.plan``): new vectors change the neighbours of
+old ones, so the shards of an earlier version cannot be reused.
+
 Memory: the version's index (all shards) plus one shard being rewritten plus a batch of
 neighbours (``batch_rows`` x k x d floats). Time: one search of every stored vector, i.e. N
 queries against N vectors (O(N² d) with Flat shards, far less with IVF).
@@ -18,60 +21,51 @@ queries against N vectors (O(N² d) with Flat shards, far less with IVF).
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from collections.abc import Callable
 
 import faiss
-import numpy as np
 
-from pipeline.index.build import save_index
+from pipeline.index.build import file_batches, save_index
 from pipeline.index.expansion import DbaConfig, alpha_expand, drop_self
 from pipeline.index.search import ShardedIndex
-from pipeline.index.vectors import StoredVectors
-from pipeline.index.versions import DbaRecord, IndexManifest
+from pipeline.index.versions import DbaRecord, IndexManifest, shard_file
 from pipeline.index.whitening import Whitening
-from pipeline.io.descriptor_reader import iter_batches
-from pipeline.io.storage import join
+from pipeline.runtime.memory import peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
 
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def augment_version(
-    version_dir: str,
+    output: str,
     manifest: IndexManifest,
     shard_files: list[list[tuple[str, int]]],
     cfg: DbaConfig,
     new_index: Callable[[], faiss.Index],
     whitening: Whitening | None = None,
+    use_gpu: bool | None = None,
 ) -> DbaRecord:
-    """Rewrite every shard of the unpublished version in ``version_dir`` with augmented
-    vectors. ``shard_files[s]``: shard s's input files and their first ids, in position order;
-    ``new_index()``: an empty, trained index like the shards."""
+    """Rewrite every shard of the unpublished version ``manifest`` describes (a full build in
+    ``output``, its manifest not written yet) with augmented vectors. ``shard_files[s]``: shard
+    s's input files and their first ids, in position order; ``new_index()``: an empty, trained
+    index like the shards; ``use_gpu``: where the neighbours are searched (None: the GPU when
+    faiss sees one)."""
     t0 = time.monotonic()
-    index = ShardedIndex.open(version_dir, manifest.version, manifest)
+    if manifest.shard_versions:
+        raise ValueError("DBA rewrites a full build's own shards, not an incremental version")
+    index = ShardedIndex.from_manifest(output, manifest, use_gpu=use_gpu)
     if not index.exact:
         index.set_nprobe(cfg.nprobe)
-    stored = StoredVectors(index)
+    stored = index.stored_vectors()
     if cfg.k >= index.ntotal:
         raise ValueError(f"DBA with k = {cfg.k} needs more than {index.ntotal} vectors")
     for s, files in enumerate(shard_files):
         out = new_index()
-        for uri, first_id in files:
-            offset = first_id
-            for _, _, x in iter_batches(uri, cfg.batch_rows):
-                x = np.array(x) if whitening is None else whitening.apply(x)  # writable
-                own = np.arange(offset, offset + len(x), dtype=np.int64)
-                found = index.search(x, cfg.k + 1, prepared=True)
-                ids, sims = drop_self(found.ids, found.scores, own, cfg.k)
-                out.add(alpha_expand(x, stored.vectors(ids), sims, cfg.alpha))
-                offset += len(x)
-        count = save_index(out, join(version_dir, f"shard-{s:05d}.faiss"))
+        for own, _, _, x in file_batches(files, cfg.batch_rows, whitening):
+            found = index.search(x, cfg.k + 1, prepared=True)
+            ids, sims = drop_self(found.ids, found.scores, own, cfg.k)
+            out.add(alpha_expand(x, stored.vectors(ids), sims, cfg.alpha))
+        count = save_index(out, shard_file(output, manifest, s))
         if count != manifest.shard_counts[s]:
             expected = manifest.shard_counts[s]
             raise RuntimeError(f"DBA wrote {count} vectors to shard {s}, not {expected}")

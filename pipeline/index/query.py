@@ -1,6 +1,7 @@
 """Search with post-processing (issue 12): the version's whitening (always, from its manifest),
 then optionally αQE and SuperGlobal-style top-M re-ranking; DBA is in the stored vectors when
-the version was built with it. The result says which steps were applied."""
+the version was built with it. The same in one process and across Ray actors (any
+``SearchableIndex``). The result says which steps were applied."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.index.expansion import QeConfig, alpha_expand
+from pipeline.index.params import SearchParams
 from pipeline.index.rerank import RerankConfig, rerank
-from pipeline.index.search import SearchResult, ShardedIndex
-from pipeline.index.vectors import StoredVectors
+from pipeline.index.search import SearchableIndex, SearchResult, VectorSource
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class QueryResult:
     applied: list[str] = field(default_factory=list)  # the post-processing steps, in order
 
 
-def applied_in_index(index: ShardedIndex) -> list[str]:
+def applied_in_index(index: SearchableIndex) -> list[str]:
     """The version's own post-processing, as report lines."""
     steps = []
     if (w := index.manifest.whitening) is not None:
@@ -50,15 +51,19 @@ def describe(opts: QueryOptions) -> list[str]:
 
 
 def expand_queries(
-    index: ShardedIndex, stored: StoredVectors, q: np.ndarray, cfg: QeConfig
+    index: SearchableIndex,
+    stored: VectorSource,
+    q: np.ndarray,
+    cfg: QeConfig,
+    params: SearchParams | None = None,
 ) -> np.ndarray:
     """αQE of prepared queries q (n, d) with their top-k in the version."""
-    top = index.search(q, cfg.k, prepared=True)
+    top = index.search(q, cfg.k, params, prepared=True)
     return alpha_expand(q, stored.vectors(top.ids), top.scores, cfg.alpha)
 
 
 def rerank_result(
-    result: SearchResult, q: np.ndarray, stored: StoredVectors, cfg: RerankConfig
+    result: SearchResult, q: np.ndarray, stored: VectorSource, cfg: RerankConfig
 ) -> SearchResult:
     """``result`` (at least the top M per query) with its top M re-ranked."""
     ids, scores, keys = result.ids.copy(), result.scores.copy(), [list(k) for k in result.keys]
@@ -73,14 +78,21 @@ def rerank_result(
     return SearchResult(ids, scores, keys)
 
 
-def search(index: ShardedIndex, queries: np.ndarray, k: int, opts: QueryOptions) -> QueryResult:
-    """Top-k for descriptors as extracted, with the version's and ``opts``' post-processing."""
+def search(
+    index: SearchableIndex,
+    queries: np.ndarray,
+    k: int,
+    opts: QueryOptions,
+    params: SearchParams | None = None,
+) -> QueryResult:
+    """Top-k for descriptors as extracted, with the version's and ``opts``' post-processing;
+    ``params``: search settings (default: the version's recorded ones)."""
     q = index.prepare_queries(queries)
-    stored = StoredVectors(index) if opts.qe or opts.rerank else None
+    stored = index.stored_vectors() if opts.qe or opts.rerank else None
     if opts.qe is not None and stored is not None:
-        q = expand_queries(index, stored, q, opts.qe)
+        q = expand_queries(index, stored, q, opts.qe, params)
     depth = max(k, opts.rerank.m) if opts.rerank is not None else k
-    result = index.search(q, depth, prepared=True)
+    result = index.search(q, depth, params, prepared=True)
     if opts.rerank is not None and stored is not None:
         result = rerank_result(result, q, stored, opts.rerank)
     top = SearchResult(result.ids[:, :k], result.scores[:, :k], [r[:k] for r in result.keys])

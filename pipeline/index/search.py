@@ -1,37 +1,62 @@
-"""Loading an index version and searching it: top-k (ids, keys, scores) merged across shards."""
+"""Loading an index version and searching it: top-k (ids, keys, scores) merged across shards.
+
+A search runs in these steps (``search_shards``), the same in one process (``ShardedIndex``)
+and across Ray actors (``pipeline.index.serving.DistributedIndex``):
+
+1. ``prepare_queries``: the query-side step (checks; the learned whitening a version records
+   applies here, in the process that takes the queries, before they reach any shard; queries
+   already in the version's space, e.g. expanded queries or stored vectors, pass
+   ``prepared=True``);
+2. every shard's candidates (``IndexShard.candidates``);
+3. ``merge``: the global top-k (top ``k × k_factor`` for a refined index), defined as one index
+   holding every vector would answer it;
+4. refined indexes only: the shards re-score that cut from their stored vectors, ``rerank``
+   keeps the best k;
+5. the keys of the hits, from the shards' id tables.
+"""
 
 from __future__ import annotations
 
-import os
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol, Self
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
-import torch
 
+from pipeline.index import gpu
+from pipeline.index.config import is_exact, is_refined
+from pipeline.index.merge import Merged, merge, rerank
+from pipeline.index.params import SearchParams, ServingConfig
+from pipeline.index.shard import (
+    Candidates,
+    IndexShard,
+    flat_topk,
+    read_id_table,
+    read_shard_index,
+)
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
 from pipeline.index.whitening import Whitening
-from pipeline.io.storage import filesystem, join, local_copy, read_bytes
+from pipeline.io.storage import join, read_bytes
 from pipeline.runtime.records import check_fingerprint
 
+if TYPE_CHECKING:
+    from pipeline.index.serving import DistributedIndex
+    from pipeline.index.vectors import StoredVectors
 
-def flat_topk(
-    queries: np.ndarray, xb: np.ndarray, k: int, block_rows: int = 131072
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k: one BLAS matmul per block of the database and torch.topk,
-    merged across blocks. FAISS's IndexFlat keeps a k-heap per query, which at k = 1000 costs
-    ~5x the matmul on a 2-core CPU; this stays within ~1.5x of it."""
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    scores, indices = [], []
-    for start in range(0, len(xb), block_rows):
-        block = torch.from_numpy(xb[start : start + block_rows])
-        s, i = torch.topk(q @ block.T, min(k, len(block)), dim=1)  # (nq, k_block)
-        scores.append(s)
-        indices.append(i + start)
-    all_s, all_i = torch.cat(scores, 1), torch.cat(indices, 1)
-    best_s, pick = torch.topk(all_s, min(k, all_s.shape[1]), dim=1)
-    return best_s.numpy(), torch.gather(all_i, 1, pick).numpy().astype(np.int64)
+__all__ = [
+    "SearchResult",
+    "SearchableIndex",
+    "ShardedIndex",
+    "VersionIndex",
+    "flat_topk",
+    "open_index",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,55 +66,189 @@ class SearchResult:
     keys: list[list[str]]
 
 
-@dataclass
-class ShardedIndex:
+def resolve_version(output: str, version: str | None) -> tuple[str, IndexManifest]:
+    """(version, manifest): ``version``, or the one LATEST names."""
+    if version is None:
+        latest = read_latest(output)
+        if latest is None:
+            raise ValueError(f"no index at {output} (no LATEST)")
+        return latest
+    return version, read_manifest(output, version)
+
+
+def prepare_queries(
+    queries: np.ndarray, manifest: IndexManifest, whitening: Whitening | None = None
+) -> np.ndarray:
+    """Queries as the shards take them: (nq, d) contiguous float32 in the index's space. The
+    place for query-side post-processing that a version records: ``whitening``, the version's
+    learned whitening (issue 12), maps descriptors as extracted into that space."""
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    if whitening is not None:
+        if q.shape[1] != whitening.dim_in:
+            raise ValueError(
+                f"queries have dimension {q.shape[1]}, the index's whitening takes "
+                f"{whitening.dim_in}"
+            )
+        q = np.ascontiguousarray(whitening.apply(q))
+    if q.shape[1] != manifest.dim:
+        raise ValueError(f"queries have dimension {q.shape[1]}, the index {manifest.dim}")
+    return q
+
+
+def group_by_shard(merged: Merged) -> dict[int, np.ndarray]:
+    """Shard -> the distinct positions of its hits in ``merged``."""
+    return {
+        int(s): np.unique(merged.positions[merged.shards == s])
+        for s in np.unique(merged.shards)
+        if s >= 0
+    }
+
+
+def result_with_keys(merged: Merged, keys: dict[int, dict[int, str]]) -> SearchResult:
+    """The SearchResult of ``merged``; ``keys[shard][position]`` names each hit."""
+    rows = [
+        [keys[int(s)][int(p)] for s, p in zip(ss, pp, strict=True) if s >= 0]
+        for ss, pp in zip(merged.shards, merged.positions, strict=True)
+    ]
+    return SearchResult(merged.ids, merged.scores, rows)
+
+
+def search_shards(
+    queries: np.ndarray,
+    k: int,
+    params: SearchParams,
+    manifest: IndexManifest,
+    prepare: Callable[[np.ndarray], np.ndarray],
+    candidates: Callable[[np.ndarray, int, SearchParams], list[Candidates]],
+    rescore: Callable[[np.ndarray, Merged], np.ndarray],
+    keys: Callable[[dict[int, np.ndarray]], dict[int, dict[int, str]]],
+) -> SearchResult:
+    """The search algorithm, wherever the shards are: ``prepare(queries)`` (the query-side
+    step, ``VersionIndex.prepare_queries``), ``candidates(q, k, params)`` from every shard,
+    ``rescore(q, cut)`` of a refined index's cut, ``keys(wanted)`` of the hits."""
+    q = prepare(queries)
+    refined = is_refined(manifest.factory, manifest.dim)
+    merged = merge(candidates(q, k, params), len(q), k * params.k_factor if refined else k)
+    if refined:
+        merged = rerank(merged, rescore(q, merged), k)
+    return result_with_keys(merged, keys(group_by_shard(merged)))
+
+
+class SearchableIndex(Protocol):
+    """What evaluation and the jobs need from an index, in one process or across actors."""
+
     version: str
     manifest: IndexManifest
-    shards: list[faiss.Index]
-    ids: list[np.ndarray]  # per shard: position -> global id
-    keys: list[list[str]]
-    sources: list[list[str]]
-    # issue 12: the version's query-side post-processing (its whitening), applied by search().
-    whitening: Whitening | None = None
+    params: SearchParams  # the defaults search() uses
 
-    @classmethod
-    def load(cls, output: str, version: str | None = None) -> ShardedIndex:
-        if version is None:
-            latest = read_latest(output)
-            if latest is None:
-                raise ValueError(f"no index at {output} (no LATEST)")
-            version, manifest = latest
-        else:
-            manifest = read_manifest(output, version)
-        return cls.open(join(output, version), version, manifest)
+    @property
+    def ntotal(self) -> int: ...
 
-    @classmethod
-    def open(cls, folder: str, version: str, manifest: IndexManifest) -> ShardedIndex:
-        """The version in ``folder`` (also one still being built: DBA searches it)."""
-        shards, ids, keys, sources = [], [], [], []
-        for s in range(manifest.shards):
-            path, temporary = local_copy(join(folder, f"shard-{s:05d}.faiss"))
-            try:
-                shards.append(faiss.read_index(path))  # one copy in memory, not two
-            finally:
-                if temporary:
-                    os.remove(path)
-            fs, path = filesystem(join(folder, f"ids-{s:05d}.parquet"))
-            with fs.open(path, "rb") as f:
-                table = pq.read_table(f)
-            ids.append(table["id"].to_numpy())
-            keys.append(table["key"].to_pylist())
-            sources.append(table["source"].to_pylist())
-        whitening = None
-        if manifest.whitening is not None:
-            data = read_bytes(join(folder, manifest.whitening.file))
-            whitening = Whitening.from_bytes(data, join(folder, manifest.whitening.file))
-        return cls(version, manifest, shards, ids, keys, sources, whitening)
+    @property
+    def exact(self) -> bool: ...
 
-    def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
-        """Descriptors as extracted -> vectors in this version's space (its whitening)."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        return queries if self.whitening is None else self.whitening.apply(queries)
+    @property
+    def whitening(self) -> Whitening | None: ...
+
+    def prepare_queries(self, queries: np.ndarray, prepared: bool = False) -> np.ndarray: ...
+
+    def check_queries(self, identity: dict[str, str], source: str) -> None: ...
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        prepared: bool = False,
+    ) -> SearchResult: ...
+
+    def count_above(
+        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
+    ) -> np.ndarray: ...
+
+    def stored_vectors(self) -> VectorSource: ...
+
+    def close(self) -> None: ...
+
+
+class VectorSource(Protocol):
+    """The stored vectors of a version by global id (``pipeline.index.vectors``)."""
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray: ...
+
+
+class Closing:
+    """``with index: …`` closes the index at the end."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release what the index holds."""
+
+
+class VersionIndex(Closing):
+    """What an index version answers the same in one process (``ShardedIndex``) and across
+    actors (``DistributedIndex``): the query-side step, run where the queries are, before any
+    shard sees them (the version's whitening), the check that queries come from the index's
+    descriptor model, and the search (``search_shards``) over the subclass's ``candidates``,
+    ``rescore`` and ``keys_of``."""
+
+    output: str
+    version: str
+    manifest: IndexManifest
+    params: SearchParams  # the version's recorded defaults; search(params=…) overrides
+
+    def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
+        """Every shard's candidates for prepared ``queries``."""
+        raise NotImplementedError
+
+    def rescore(self, queries: np.ndarray, cut: Merged) -> np.ndarray:
+        """(nq, m) float32: the refinement scores of the ``cut``'s entries."""
+        raise NotImplementedError
+
+    def keys_of(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
+        """shard -> {position: key} for the ``wanted`` positions."""
+        raise NotImplementedError
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        prepared: bool = False,
+    ) -> SearchResult:
+        """Top-``k`` per query (nq, d), best first, merged across shards; ``prepared``: the
+        queries are already in the version's space (``prepare_queries``)."""
+        return search_shards(
+            queries, k, params or self.params, self.manifest,
+            lambda q: self.prepare_queries(q, prepared),
+            self.candidates, self.rescore, self.keys_of,
+        )  # fmt: skip
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF cells visited per query from now on (the manifest's value until then)."""
+        self.params = self.params.with_overrides(nprobe=nprobe)
+
+    @cached_property
+    def whitening(self) -> Whitening | None:
+        """The version's learned whitening (issue 12; its copy in the version folder), read on
+        first use: serving actors, which only get prepared queries, never read it."""
+        record = self.manifest.whitening
+        if record is None:
+            return None
+        uri = join(self.output, self.manifest.version, record.file)
+        return Whitening.from_bytes(read_bytes(uri), uri)
+
+    def prepare_queries(self, queries: np.ndarray, prepared: bool = False) -> np.ndarray:
+        """Descriptors as extracted -> (nq, d) float32 in this version's space (its whitening);
+        ``prepared``: already in that space (expanded queries, stored vectors): checked only."""
+        return prepare_queries(queries, self.manifest, None if prepared else self.whitening)
 
     def check_queries(self, identity: dict[str, str], source: str) -> None:
         """Refuse query descriptors of another model or configuration than the index's (their
@@ -101,72 +260,180 @@ class ShardedIndex:
             f"the queries in {source} come from another descriptor space",
         )
 
+
+class ShardedIndex(VersionIndex):
+    """A version's shards in this process. ``lazy``: only the id tables stay in memory and each
+    search loads one shard's FAISS index at a time (indexes larger than RAM, at the price of
+    reading every shard per search)."""
+
+    def __init__(
+        self,
+        output: str,
+        version: str,
+        manifest: IndexManifest,
+        shards: list[IndexShard],
+        params: SearchParams,
+        lazy: bool = False,
+    ) -> None:
+        self.output = output
+        self.version = version
+        self.manifest = manifest
+        self.params = params  # the version's recorded defaults; search(params=…) overrides
+        self.lazy = lazy
+        self._shards = shards
+        self._exact = is_exact(manifest.factory, manifest.dim)
+
+    @classmethod
+    def load(
+        cls,
+        output: str,
+        version: str | None = None,
+        use_gpu: bool | None = None,
+        lazy: bool = False,
+        shards: list[int] | None = None,
+    ) -> ShardedIndex:
+        """Version ``version`` (default LATEST) of the index at ``output``; ``shards``: only
+        these shard numbers (an actor's share); ``use_gpu`` None: the GPU when faiss has GPU
+        support and sees one (False: the CPU)."""
+        version, manifest = resolve_version(output, version)
+        return cls.from_manifest(output, manifest, use_gpu, lazy, shards)
+
+    @classmethod
+    def from_manifest(
+        cls,
+        output: str,
+        manifest: IndexManifest,
+        use_gpu: bool | None = None,
+        lazy: bool = False,
+        shards: list[int] | None = None,
+    ) -> ShardedIndex:
+        """The version ``manifest`` describes, also one not published yet (its manifest not
+        written: the build's DBA searches the version it is building)."""
+        on_gpu = gpu.resolve_gpu(use_gpu)
+        numbers = range(manifest.shards) if shards is None else shards
+        if lazy:
+            loaded = [
+                IndexShard(n, None, read_id_table(output, manifest, n), 0, on_gpu) for n in numbers
+            ]
+        else:
+            loaded = [IndexShard.load(output, manifest, n, on_gpu) for n in numbers]
+        return cls(
+            output,
+            manifest.version,
+            manifest,
+            loaded,
+            SearchParams.from_config(manifest.config),
+            lazy,
+        )
+
+    # -- compatibility with the first ShardedIndex (a dataclass of lists) ------------------
+
+    @property
+    def shards(self) -> list[faiss.Index | None]:
+        """The FAISS index of each shard (None for a lazy index's unloaded shards)."""
+        return [s.index for s in self._shards]
+
+    @property
+    def ids(self) -> list[np.ndarray]:
+        return [s.ids for s in self._shards]
+
+    @property
+    def keys(self) -> list[list[str]]:
+        """Per shard, the key of each position (materialises Python strings: for small uses)."""
+        return [s.table["key"].to_pylist() for s in self._shards]
+
+    @property
+    def sources(self) -> list[list[str]]:
+        return [s.table["source"].cast("string").to_pylist() for s in self._shards]
+
+    def shard_vectors(self, s: int) -> np.ndarray:
+        """The stored vectors of a flat shard (n, d)."""
+        return self._shards[s].vectors()
+
+    # -- search -----------------------------------------------------------------------------
+
     @property
     def ntotal(self) -> int:
-        return sum(int(s.ntotal) for s in self.shards)
+        return sum(s.ntotal for s in self._shards)
 
     @property
     def exact(self) -> bool:
         """True when every shard is a flat (exhaustive) index: scores and ranks are exact."""
-        return all(isinstance(faiss.downcast_index(s), faiss.IndexFlat) for s in self.shards)
+        return self._exact
 
-    def set_nprobe(self, nprobe: int) -> None:
-        """IVF cells visited per query in every shard (FAISS's default is 1)."""
-        for index in self.shards:
-            faiss.extract_index_ivf(index).nprobe = nprobe
+    def _visit(self, shard: IndexShard) -> IndexShard:
+        if shard.index is None:
+            shard.attach(read_shard_index(self.output, self.manifest, shard.number)[0])
+        return shard
 
-    def shard_vectors(self, s: int) -> np.ndarray:
-        """The stored vectors of a flat shard (n, d)."""
-        index = faiss.downcast_index(self.shards[s])
-        if not isinstance(index, faiss.IndexFlat):
-            raise ValueError("only flat shards store their vectors exactly")
-        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(
-            index.ntotal, index.d
-        )
+    def _done(self, shard: IndexShard) -> None:
+        if self.lazy:
+            shard.release()
 
-    def search(self, queries: np.ndarray, k: int, prepared: bool = False) -> SearchResult:
-        """Top-k of descriptors as extracted; ``prepared``: vectors already in the version's
-        space (``prepare_queries``), e.g. expanded queries or stored vectors."""
-        queries = (
-            np.ascontiguousarray(queries, dtype=np.float32)
-            if prepared
-            else self.prepare_queries(queries)
-        )
-        nq = len(queries)
-        all_scores, all_ids, all_where = [], [], []
-        for s, index in enumerate(self.shards):
-            kk = min(k, int(index.ntotal))
-            if kk == 0:
-                continue
-            if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-                d, i = flat_topk(queries, self.shard_vectors(s), kk)
-            else:
-                d, i = index.search(queries, kk)
-            valid = i >= 0
-            all_scores.append(np.where(valid, d, -np.inf))
-            all_ids.append(np.where(valid, self.ids[s][np.maximum(i, 0)], -1))
-            all_where.append(np.stack([np.full_like(i, s), i], -1))
-        if not all_scores:
-            return SearchResult(
-                np.full((nq, k), -1), np.full((nq, k), -np.inf, np.float32), [[] for _ in range(nq)]
-            )
-        scores = np.concatenate(all_scores, 1)
-        ids = np.concatenate(all_ids, 1)
-        where = np.concatenate(all_where, 1)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        top_scores = np.take_along_axis(scores, order, 1)
-        top_ids = np.take_along_axis(ids, order, 1)
-        top_where = np.take_along_axis(where, order[..., None], 1)
-        keys = [
-            [
-                self.keys[s][i]
-                for (s, i), sc in zip(top_where[q], top_scores[q], strict=True)
-                if np.isfinite(sc)
-            ]
-            for q in range(nq)
-        ]
-        pad = k - top_ids.shape[1]
-        if pad > 0:
-            top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
-            top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return SearchResult(top_ids, top_scores.astype(np.float32), keys)
+    def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
+        """Every held shard's candidates for prepared ``queries``."""
+        out = []
+        for shard in self._shards:
+            out.append(self._visit(shard).candidates(queries, k, params))
+            self._done(shard)
+        return out
+
+    def rescore(self, queries: np.ndarray, cut: Merged) -> np.ndarray:
+        """(nq, m) float32: the refinement scores of the ``cut``'s entries in held shards
+        (-inf for the others)."""
+        out = np.full(cut.scores.shape, -np.inf, dtype=np.float32)
+        for shard in self._shards:
+            mine = cut.shards == shard.number
+            if mine.any():
+                positions = np.where(mine, cut.positions, -1)
+                out[mine] = self._visit(shard).rescore(queries, positions)[mine]
+                self._done(shard)
+        return out
+
+    @property
+    def held(self) -> list[IndexShard]:
+        """The shards this object holds (all of the version's, or an actor's share)."""
+        return self._shards
+
+    def keys_of(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
+        """shard -> {position: key} for the ``wanted`` positions of held shards."""
+        held = {s.number: s for s in self._shards}
+        return {
+            s: dict(zip(pos.tolist(), held[s].keys_at(pos), strict=True))
+            for s, pos in wanted.items()
+        }
+
+    def count_above(
+        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
+    ) -> np.ndarray:
+        """(nq, m) int64: vectors scoring strictly above ``thresholds[q, j]`` for query q
+        (exact; flat indexes only)."""
+        if not self.exact:
+            raise ValueError("exact counts need a flat index")
+        q = self.prepare_queries(queries, prepared)
+        counts = np.zeros(thresholds.shape, dtype=np.int64)
+        for shard in self._shards:
+            counts += self._visit(shard).count_above(q, thresholds)
+            self._done(shard)
+        return counts
+
+    def stored_vectors(self) -> StoredVectors:
+        """The held shards' stored vectors by global id (αQE, DBA, re-ranking)."""
+        from pipeline.index.vectors import StoredVectors
+
+        return StoredVectors(self)
+
+
+def open_index(
+    output: str,
+    version: str | None = None,
+    serving: ServingConfig | None = None,
+    use_gpu: bool | None = None,
+) -> ShardedIndex | DistributedIndex:
+    """The version in this process, or, with ``serving``, spread over Ray actors (the caller
+    has connected to Ray). Close it (or use ``with``) to stop the actors."""
+    if serving is None:
+        return ShardedIndex.load(output, version, use_gpu=use_gpu)
+    from pipeline.index.serving import DistributedIndex
+
+    return DistributedIndex.start(output, version, serving, use_gpu=use_gpu)

@@ -13,9 +13,13 @@ from pipeline.index.search import ShardedIndex
 
 
 class StoredVectors:
-    """``vectors(ids)`` of a loaded version; -1 ids give zero vectors."""
+    """``vectors(ids)`` of a loaded version (or of the shards an actor holds: ``gather``); -1
+    ids give zero vectors."""
 
     def __init__(self, index: ShardedIndex) -> None:
+        self._indexes = [s for s in index.shards if s is not None]
+        if len(self._indexes) != len(index.shards):
+            raise ValueError("stored vectors need the shards in memory (not a lazy index)")
         self.index = index
         empty = np.zeros(0, np.int64)
         all_ids = np.concatenate([empty, *index.ids])
@@ -26,8 +30,8 @@ class StoredVectors:
         self._shard = shard[order].astype(np.int64)
         self._pos = pos[order].astype(np.int64)
         self.dim = int(index.manifest.dim)
-        self.exact = all(_stores_exactly(s) for s in index.shards)
-        for s in index.shards:
+        self.exact = all(_stores_exactly(s) for s in self._indexes)
+        for s in self._indexes:
             if not isinstance(faiss.downcast_index(s), faiss.IndexFlat):
                 # Not an IVF index: reconstruct works without a direct map.
                 with contextlib.suppress(RuntimeError):
@@ -35,26 +39,35 @@ class StoredVectors:
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
         """(..., d) float32 for ids of any shape."""
+        out, found = self.gather(ids)
+        if (~found & (np.asarray(ids) >= 0)).any():
+            raise ValueError("ids not in this index version")
+        return out
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (..., d) float32, found (...) bool) for ids of any shape: the vectors of
+        the ids held here, zeros for the others (an actor holds some shards only)."""
         flat = np.asarray(ids, dtype=np.int64).reshape(-1)
         out = np.zeros((len(flat), self.dim), np.float32)
-        valid = flat >= 0
-        where = np.searchsorted(self._sorted_ids, flat[valid])
-        if len(where) and (
-            where.max() >= len(self._sorted_ids) or (self._sorted_ids[where] != flat[valid]).any()
-        ):
-            raise ValueError("ids not in this index version")
-        shards, positions = self._shard[where], self._pos[where]
-        rows = np.flatnonzero(valid)
+        where = np.searchsorted(self._sorted_ids, flat)
+        where = np.minimum(where, max(len(self._sorted_ids) - 1, 0))
+        found = flat >= 0
+        if len(self._sorted_ids):
+            found &= self._sorted_ids[where] == flat
+        else:
+            found[:] = False
+        shards, positions = self._shard[where[found]], self._pos[where[found]]
+        rows = np.flatnonzero(found)
         for s in np.unique(shards):
             sel = shards == s
             out[rows[sel]] = self._shard_rows(int(s), positions[sel])
-        return out.reshape(*np.shape(ids), self.dim)
+        return out.reshape(*np.shape(ids), self.dim), found.reshape(np.shape(ids))
 
     def _shard_rows(self, s: int, positions: np.ndarray) -> np.ndarray:
-        index = faiss.downcast_index(self.index.shards[s])
+        index = faiss.downcast_index(self._indexes[s])
         if isinstance(index, faiss.IndexFlat):
             return self.index.shard_vectors(s)[positions]
-        return self.index.shards[s].reconstruct_batch(positions.astype(np.int64))
+        return self._indexes[s].reconstruct_batch(positions.astype(np.int64))
 
 
 def _stores_exactly(index: faiss.Index) -> bool:

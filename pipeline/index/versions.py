@@ -3,6 +3,10 @@
 
 A version is complete once its manifest exists (written after every shard); LATEST moves to it
 after that, so a reader that follows LATEST never sees a half-built version.
+
+An incremental version reuses the shard files of older versions by reference instead of copying
+them (``IndexManifest.shard_versions``): every file stays immutable, and pruning never deletes a
+version that a kept version references.
 """
 
 from __future__ import annotations
@@ -105,6 +109,14 @@ class IndexManifest:
     descriptor_model: dict[str, str]  # the descriptors' model identity (Parquet metadata)
     created_at: str
     faiss: str  # FAISS version
+    # Per shard n, the version whose folder holds shard-<n>.faiss and ids-<n>.parquet; empty
+    # means all in this version. Incremental versions reference the shards they reuse.
+    shard_versions: list[str] = field(default_factory=list)
+    # The full build whose trained index (<base_version>/trained.faiss) this version's shards
+    # share; empty for a full build itself.
+    base_version: str = ""
+    # Vectors added by incremental versions since that full build.
+    added_since_base: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # keys of newer writers, kept
     # Optional sections (absent from older manifests and from plain builds).
     postprocessing: PostProcessing | None = None
@@ -136,6 +148,19 @@ class IndexManifest:
     @property
     def dba(self) -> DbaRecord | None:
         return self.postprocessing.dba if self.postprocessing else None
+
+    def shard_version(self, shard: int) -> str:
+        """The version whose folder holds ``shard``'s files."""
+        return self.shard_versions[shard] if self.shard_versions else self.version
+
+    @property
+    def trained_version(self) -> str:
+        """The version whose ``trained.faiss`` this version's shards were encoded with."""
+        return self.base_version or self.version
+
+    def referenced_versions(self) -> set[str]:
+        """Older versions whose files this version uses."""
+        return {*self.shard_versions, self.base_version} - {self.version, ""}
 
 
 def read_manifest(output: str, version: str) -> IndexManifest:
@@ -205,13 +230,38 @@ def list_versions(output: str) -> list[str]:
     )
 
 
+def shard_file(output: str, manifest: IndexManifest, shard: int, kind: str = "shard") -> str:
+    """URI of shard ``shard``'s FAISS index (``kind="shard"``) or id table (``kind="ids"``),
+    in whichever version's folder holds it."""
+    name = f"shard-{shard:05d}.faiss" if kind == "shard" else f"ids-{shard:05d}.parquet"
+    return join(output, manifest.shard_version(shard), name)
+
+
+def referenced_by(output: str, versions: list[str]) -> set[str]:
+    """Versions whose files any of ``versions`` (complete ones) reference."""
+    out: set[str] = set()
+    for v in versions:
+        try:
+            out |= read_manifest(output, v).referenced_versions()
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def prune_versions(output: str, retention: int, keep: str) -> None:
-    """Delete the oldest versions beyond ``retention`` (and abandoned incomplete ones)."""
+    """Delete the oldest versions beyond ``retention`` (and abandoned incomplete ones), except
+    ``keep``, the version LATEST names now (when LATEST did not move to ``keep``, it is still
+    what readers load) and versions whose files any of those or a kept version references."""
     fs, path = filesystem(output)
-    versions = [v for v in list_versions(output) if v != keep]
+    live = {keep} | ({latest} if (latest := read_latest_name(output)) else set())
+    versions = [v for v in list_versions(output) if v not in live]
     complete = [v for v in versions if fs.exists(join(path, v, MANIFEST))]
     doomed = [v for v in versions if v not in complete]
     doomed += complete[: max(0, len(complete) - (retention - 1))]
+    referenced = referenced_by(output, [*sorted(live), *(v for v in complete if v not in doomed)])
     for v in doomed:
+        if v in referenced:
+            log.info("keeping index version %s: a kept version uses its shards", v)
+            continue
         log.info("deleting old index version %s", v)
         fs.rm(join(path, v), recursive=True)

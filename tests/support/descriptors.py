@@ -36,3 +36,43 @@ def write_folder(folder: str, n_files: int, rows: int, seed: int = 0, prefix: st
         keys += k
         blocks.append(x)
     return keys, np.concatenate(blocks)
+
+
+def write_clustered_folder(
+    folder: str, n_files: int, rows: int, clusters: int = 40, noise: float = 0.5, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
+    """Like ``write_folder`` with vectors around ``clusters`` random centres, so that an
+    approximate index has neighbours to miss (uniform random vectors have none)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(clusters, DIM)))
+    keys, blocks = [], []
+    for f in range(n_files):
+        k = [f"c{f:02d}_{i:05d}" for i in range(rows)]
+        x = unit(
+            centres[rng.integers(0, clusters, rows)]
+            + noise * rng.normal(size=(rows, DIM)) / np.sqrt(DIM)
+        )
+        write_descriptor_file(join(folder, f"part-{f:06d}.parquet"), k, x)
+        keys += k
+        blocks.append(x)
+    return keys, np.concatenate(blocks)
+
+
+def queries_near(x: np.ndarray, n: int, noise: float = 0.3, seed: int = 9) -> np.ndarray:
+    """``n`` unit queries near random rows of ``x``."""
+    rng = np.random.default_rng(seed)
+    return unit(
+        x[rng.integers(0, len(x), n)]
+        + noise * rng.normal(size=(n, x.shape[1])) / np.sqrt(x.shape[1])
+    )
+
+
+def assert_same_ranking(
+    ids: np.ndarray, scores: np.ndarray, want_ids: np.ndarray, want_scores: np.ndarray
+) -> None:
+    """Two top-k answers agree: scores rank by rank (float32 rounding apart), and where the ids
+    differ, only vectors tied at that score (within rounding) swapped places."""
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+    for q, j in zip(*np.nonzero(ids != want_ids), strict=True):
+        where = np.nonzero(want_ids[q] == ids[q, j])[0]
+        assert len(where) and abs(want_scores[q, where[0]] - scores[q, j]) < 1e-6, (q, j)

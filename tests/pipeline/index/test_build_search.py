@@ -94,11 +94,15 @@ def test_rebuild_skips_when_unchanged_and_versions_new_shards(ray_local, s3_buck
     assert build_main(args) == 0
     second, manifest = read_latest(out)
     assert second != first and manifest.count == 250
-    assert "new7" in ShardedIndex.load(out).keys[0] + ShardedIndex.load(out).keys[1]
+    assert "new7" in [k for keys in ShardedIndex.load(out).keys for k in keys]
     assert build_main([*args, "--force"]) == 0
     third = read_latest(out)[0]
     assert third not in (first, second)
-    assert list_versions(out) == [second, third]  # retention 2: the oldest is gone
+    # retention 2 keeps the second version, and so the first, whose shards it reuses
+    assert list_versions(out) == [first, second, third]
+    assert build_main([*args, "--force"]) == 0
+    fourth = read_latest(out)[0]
+    assert list_versions(out) == [third, fourth]  # nothing references the first two now
 
 
 def test_mixing_models_is_refused(ray_local, s3_bucket: str, capsys) -> None:
@@ -254,3 +258,31 @@ def test_duplicate_keys_across_files_keep_the_first_and_are_named(tmp_path, capl
     assert keys == ["x", "y", "z", "w"]
     np.testing.assert_array_equal(x, np.concatenate([a, b[1:]]))
     assert "1 rows whose key an earlier file already has (the first is kept): y" in caplog.text
+
+
+def test_a_build_that_lost_its_lease_publishes_nothing(ray_local, s3_bucket, monkeypatch) -> None:
+    """Another run takes the lease over while the shards are built (simulated after the real
+    shard tasks): no manifest, LATEST stays, and nothing is pruned."""
+    import pipeline.index.build as build
+    from pipeline.runtime.lease import LEASE_FILE, LeaseLostError, LeaseRecord
+
+    desc, out = f"s3://{s3_bucket}/desc", f"s3://{s3_bucket}/idx"
+    write_folder(desc, 2, 50)
+    cfg = IndexBuildConfig(shards=2, retention=1)
+    good = build_index(desc, out, cfg).version
+    real = build._build_shards
+
+    def shards_then_taken_over(*args, **kwargs):
+        counts = real(*args, **kwargs)
+        other = LeaseRecord("other-token", "build_index", "node-9", 4242, 0.0, 9e9, 90.0)
+        write_bytes_atomic(join(out, LEASE_FILE), other.to_bytes())
+        return counts
+
+    monkeypatch.setattr(build, "_build_shards", shards_then_taken_over)
+    with pytest.raises(LeaseLostError, match="taken over by build_index"):
+        build_index(desc, out, cfg, force=True)
+    versions = list_versions(out)
+    lost = next(v for v in versions if v != good)
+    assert exists(join(out, lost, "shard-00001.faiss"))  # built, never published
+    assert not exists(join(out, lost, "manifest.json"))
+    assert read_latest(out)[0] == good and good in versions

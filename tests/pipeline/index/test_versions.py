@@ -36,3 +36,47 @@ def test_manifest_round_trip_keeps_unknown_keys(tmp_path) -> None:
     assert read_latest(out) is None  # written, not yet published
     write_bytes_atomic(join(out, "LATEST"), b"v1")
     assert read_latest(out) == ("v1", m)
+
+
+def test_pruning_keeps_the_versions_that_kept_versions_reference(tmp_path) -> None:
+    from dataclasses import replace
+
+    from pipeline.index.versions import list_versions, prune_versions, shard_file
+
+    out = str(tmp_path / "idx")
+    v1 = replace(manifest("v1"), shards=2, shard_counts=[3, 3], count=6)
+    v2 = replace(v1, version="v2", shard_versions=["v1", "v1"], base_version="v1")
+    v3 = replace(
+        v2, version="v3", shards=3, shard_counts=[3, 3, 1], shard_versions=["v1", "v1", "v3"]
+    )
+    for m in (v1, v2, v3):
+        write_manifest(out, m)
+    write_bytes_atomic(join(out, "v0-crashed", "shard-00000.faiss"), b"partial")
+    assert shard_file(out, v3, 2) == join(out, "v3", "shard-00002.faiss")
+    assert shard_file(out, v3, 0, "ids") == join(out, "v1", "ids-00000.parquet")
+    assert v3.referenced_versions() == {"v1"} and v1.referenced_versions() == set()
+    prune_versions(out, retention=1, keep="v3")
+    assert list_versions(out) == ["v1", "v3"]  # v2 and the crashed build go; v3 uses v1
+    v4 = replace(manifest("v4"), shards=1)
+    write_manifest(out, v4)
+    prune_versions(out, retention=1, keep="v4")
+    assert list_versions(out) == ["v4"]  # a full build references nothing
+
+
+def test_pruning_keeps_latest_and_what_it_references(tmp_path) -> None:
+    """A build whose version did not become LATEST (LATEST only moves forward) still keeps the
+    version readers load, and the versions whose shards it uses."""
+    from dataclasses import replace
+
+    from pipeline.index.versions import list_versions, prune_versions
+
+    out = str(tmp_path / "idx")
+    v1 = manifest("v1")
+    v2 = replace(v1, version="v2")
+    v3 = replace(v1, version="v3", shard_versions=["v1"], base_version="v1")
+    v4 = replace(v1, version="v4")
+    for m in (v1, v2, v3, v4):
+        write_manifest(out, m)
+    write_bytes_atomic(join(out, "LATEST"), b"v3")
+    prune_versions(out, retention=1, keep="v4")
+    assert list_versions(out) == ["v1", "v3", "v4"]  # v2 goes; v3 is LATEST and uses v1
