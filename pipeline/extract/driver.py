@@ -29,7 +29,13 @@ from pipeline.io.shards import list_shards, shard_id
 from pipeline.io.storage import read_json, write_json_atomic
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.progress import ProgressReporter
-from pipeline.runtime.records import OutputMismatchError, check_fingerprint, now, versions
+from pipeline.runtime.records import (
+    OutputMismatchError,
+    check_fingerprint,
+    differing_keys,
+    now,
+    versions,
+)
 from pipeline.runtime.resources import plan_workers
 
 log = logging.getLogger(__name__)
@@ -115,8 +121,12 @@ def resolved_fingerprint(
             f"({', '.join(sorted(resolved))}): the cluster mixes hardware; pass --precision"
         )
     actual = workers[0].fingerprint
-    if _without(actual, ("precision",)) != _without(fp, ("precision",)):  # a bug, not input
-        raise RuntimeError("the actors' fingerprint differs from the driver's")
+    if _without(actual, ("precision",)) != _without(fp, ("precision",)):
+        differs = ", ".join(differing_keys(actual, fp))
+        raise RuntimeError(
+            f"the actors' fingerprint differs from the driver's in {differs}: do the cluster's "
+            "nodes run the same code and reach the same weights?"
+        )
     other = stored_precisions - {actual["precision"]}
     if other:
         raise OutputMismatchError(
