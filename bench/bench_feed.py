@@ -7,7 +7,7 @@ vectors). On a GPU node the normalisation, scales and model run on the device, s
 measures is what the actor's CPUs can feed. Against it: one thread doing the decode of the
 earlier data path (PIL decode, RGB, resize, float tensor normalised on the host, no draft).
 
-    .venv/bin/python bench/bench_feed.py [--part small|large|all] [--shards 3] [--repeats 3]
+    .venv/bin/python bench/bench_feed.py [--part small|medium|large|all] [--shards 3] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from common import photo_shards
 from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
 from glam.extract import Pixels
 from pipeline.extract.spec import ExtractionSpec
+from pipeline.extract.stats import STAGES, ShardStats
 from pipeline.extract.worker import ShardWorker
 from pipeline.io.shard_reader import iter_shard
 
@@ -55,13 +56,14 @@ class NoModel(GlamExtractor):
 
 def feed_rate(
     shards: list[str], spec: ExtractionSpec, workers: int, stand_in: NoModel, repeats: int
-) -> float:
+) -> tuple[float, list[ShardStats]]:
     """images/s of one actor's worker over ``shards`` (two in flight, as the actor runs them),
-    after a warm-up shard; the best of ``repeats`` passes (the shared VM's noise only slows)."""
+    after a warm-up shard; the best of ``repeats`` passes (the shared VM's noise only slows),
+    with that pass's shard stats."""
     torch.set_num_threads(workers)
     worker = ShardWorker(spec, device="cpu", name="bench", cpus=workers, extractor=stand_in)
     out = tempfile.mkdtemp(prefix="glam-feed-out-")
-    best = 0.0
+    best: tuple[float, list[ShardStats]] = (0.0, [])
     try:
         worker.process(shards[0], out)  # warm-up: threads, allocations, page cache
         for _ in range(repeats):
@@ -70,7 +72,7 @@ def feed_rate(
                 stats = list(pool.map(lambda s: worker.process(s, out), shards[1:]))
             elapsed = time.perf_counter() - t
             assert all(s.committed for s in stats), [s.error for s in stats]
-            best = max(best, sum(s.samples for s in stats) / elapsed)
+            best = max(best, (sum(s.samples for s in stats) / elapsed, stats), key=lambda b: b[0])
     finally:
         worker.close()
         shutil.rmtree(out)
@@ -96,11 +98,13 @@ def part(
     name: str, size: tuple[int, int], shards: list[str], stand_in: NoModel, repeats: int
 ) -> None:
     today = earlier_decode_rate(shards, 1024, repeats)
-    rates = {}
+    rates, stats = {}, {}
     for draft in (False, True):
         spec = ExtractionSpec(image_size=1024, batch_size=8, jpeg_draft=draft)
         for workers in (1, 2):
-            rates[draft, workers] = feed_rate(shards, spec, workers, stand_in, repeats)
+            rates[draft, workers], stats[draft, workers] = feed_rate(
+                shards, spec, workers, stand_in, repeats
+            )
     images = sum(1 for s in shards[1:] for _ in iter_shard(s))
     print(f"\n## {name}: {size[0]}x{size[1]} JPEGs, {images} images measured")
     print("| path | decode threads | images/s | vs earlier decode, 1 thread |")
@@ -117,6 +121,14 @@ def part(
         print(f"- draft vs full, {workers} thread(s): {gain:.2f}x")
     default = rates[True, 2]  # the defaults: draft on, a thread per core
     print(f"- whole data path on 2 cores (defaults) vs earlier decode: {default / today:.2f}x")
+    n = sum(st.samples for st in stats[True, 2])
+    per = {k: 1000 * sum(getattr(st, f"{k}_s") for st in stats[True, 2]) / n for k in STAGES}
+    print(
+        f"- per image, 2 threads (defaults), seconds each thread spent: decode {per['decode']:.2f}"
+        f" ms (decode threads), compute thread {per['infer']:.2f} ms (batching, the batch copy)"
+        f" + {per['wait']:.2f} ms waiting, reader {per['read']:.2f} ms, commit {per['write']:.2f}"
+        " ms"
+    )
     per_core = rates[True, 1]
     print(
         f"- per-core feed rate (draft, 1 thread): {per_core:.1f} images/s; one GPU at "
@@ -127,7 +139,7 @@ def part(
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("small", "large", "all"), default="all")
+    p.add_argument("--part", choices=("small", "medium", "large", "all"), default="all")
     p.add_argument("--shards", type=int, default=3, help="measured shards (plus one warm-up)")
     p.add_argument("--repeats", type=int, default=3, help="passes per figure; the best counts")
     args = p.parse_args()
@@ -142,6 +154,10 @@ def main() -> int:
             size = (1024, 768)
             shards = photo_shards(f"{root}/small", args.shards + 1, 96, size, distinct=16)
             part("small", size, shards, stand_in, args.repeats)
+        if args.part in ("medium", "all"):
+            size = (2048, 1536)
+            shards = photo_shards(f"{root}/medium", args.shards + 1, 32, size, distinct=8)
+            part("3 MP", size, shards, stand_in, args.repeats)
         if args.part in ("large", "all"):
             size = (4000, 3000)
             shards = photo_shards(f"{root}/large", args.shards + 1, 12, size, distinct=6)
