@@ -43,3 +43,48 @@ def best_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> flo
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def photo_jpegs(size: tuple[int, int], count: int, seed: int = 0, quality: int = 90) -> list[bytes]:
+    """``count`` distinct photo-like JPEGs (``pipeline.datasets.synthetic.photo``) of ``size``,
+    cached under the temp folder: a 12 MP one takes seconds to generate."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    from pipeline.datasets.synthetic import encode, photo
+
+    folder = os.path.join(tempfile.gettempdir(), "glam-bench-photos")
+    os.makedirs(folder, exist_ok=True)
+    out = []
+    for i in range(count):
+        path = os.path.join(folder, f"{size[0]}x{size[1]}-q{quality}-s{seed}-{i}.jpg")
+        if not os.path.exists(path):
+            data = encode(photo(np.random.default_rng([seed, i]), *size), quality=quality)
+            with open(path + ".tmp", "wb") as f:
+                f.write(data)
+            os.replace(path + ".tmp", path)
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def photo_shards(
+    folder: str, n_shards: int, per_shard: int, size: tuple[int, int], distinct: int = 8
+) -> list[str]:
+    """WebDataset shards of photo-like JPEGs (``distinct`` different ones, repeated)."""
+    from pipeline.io.shard_writer import tar_bytes
+    from pipeline.io.storage import join, write_bytes_atomic
+
+    photos = photo_jpegs(size, distinct)
+    uris = []
+    for s in range(n_shards):
+        samples = [
+            (f"s{s:06d}_{i:05d}", {"jpg": photos[(s * per_shard + i) % distinct]})
+            for i in range(per_shard)
+        ]
+        uri = join(folder, f"{s:06d}.tar")
+        write_bytes_atomic(uri, tar_bytes(samples))
+        uris.append(uri)
+    return uris

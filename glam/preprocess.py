@@ -1,19 +1,32 @@
 """Image decoding and preprocessing: EXIF orientation, any PIL mode -> RGB, longer side to
-``image_size`` keeping the aspect ratio, ImageNet mean/std."""
+``image_size`` keeping the aspect ratio, ImageNet mean/std.
+
+Two ways to the same tensor: ``preprocess`` (a PIL image -> a normalised float tensor on the
+host), and the extraction path, which keeps pixels in uint8 until they reach the device:
+``decode_rgb`` (optionally a DCT-domain draft decode) -> ``resize_longer_side`` ->
+uint8 (H, W, 3|4) on the host, then ``normalize`` (B, H, W, 3|4) -> (B, 3, H, W) float on
+the device. Both apply the same operations in the same order, so on the CPU they give the same
+floats. ``resize_uint8`` and ``orient`` do the resize and the EXIF orientation on tensors, for
+images decoded on the device.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as Fn
 from PIL import Image, ImageOps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Larger images are refused before their pixels are decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how to turn the stored pixels upright
 
 
 class ImageDecodeError(ValueError):
@@ -32,6 +45,48 @@ def decode_image(
     ``draft`` (W, H): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale as long as it stays at
     least that large (DCT scaling: far less work when the image is downsampled anyway).
     """
+    return _decode(data, max_pixels, lambda size: draft)
+
+
+def decode_rgb(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode to RGB with the EXIF orientation applied; returns the image and the full image's
+    size (W, H), orientation applied, which a draft decode does not change.
+
+    ``draft_side``: a JPEG whose longer side is at least twice ``draft_side`` is decoded at
+    1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT), the largest reduction that
+    keeps its longer side >= ``draft_side``. Smaller images and other formats decode fully.
+    """
+    full: list[tuple[int, int]] = []
+
+    def request(size: tuple[int, int]) -> tuple[int, int] | None:
+        full.append(size)
+        return draft_request(size, draft_side) if draft_side else None
+
+    img = _decode(data, max_pixels, request)
+    w, h = full[0]
+    # Orientations 5-8 transpose the image (exif_transpose reads the same tag).
+    swapped = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    return to_rgb(img), ((h, w) if swapped else (w, h))
+
+
+def draft_request(size: tuple[int, int], side: int) -> tuple[int, int] | None:
+    """The (W, H) to ask PIL's ``draft`` for so that the longer side stays >= ``side``; None
+    when the image is less than twice that long (no DCT-domain reduction possible)."""
+    w, h = size
+    longer = max(w, h)
+    if longer < 2 * side:
+        return None
+    return (math.ceil(w * side / longer), math.ceil(h * side / longer))
+
+
+def _decode(
+    data: bytes,
+    max_pixels: int,
+    draft: Callable[[tuple[int, int]], tuple[int, int] | None],
+) -> Image.Image:
+    """Open, refuse over ``max_pixels``, ask ``draft(size)`` for a JPEG draft size, load."""
     if not data:
         raise ImageDecodeError("empty image")
     try:
@@ -43,8 +98,9 @@ def decode_image(
                 raise ImageTooLargeError(
                     f"image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
                 )
-            if draft is not None and img.format == "JPEG":
-                img.draft(None, draft)
+            requested = draft((w, h))
+            if requested is not None and img.format == "JPEG":
+                img.draft(None, requested)
             img.load()
     except ImageDecodeError:
         raise
@@ -74,11 +130,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def resize_longer_side(img: Image.Image, size: int) -> Image.Image:
     """Resize so that max(W, H) == size, keeping the aspect ratio (up- or down-sampling)."""
     w, h = img.size
-    scale = size / max(w, h)
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if new == (w, h):
+    new_h, new_w = longer_side_size(h, w, size)
+    if (new_w, new_h) == (w, h):
         return img
-    return img.resize(new, Image.Resampling.BILINEAR)
+    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -93,3 +148,79 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 def preprocess(img: Image.Image, image_size: int = 1024) -> torch.Tensor:
     """Any PIL image -> (3, H, W) tensor with max(H, W) == image_size."""
     return to_tensor(resize_longer_side(to_rgb(img), image_size))
+
+
+def to_uint8(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (H, W, 3): a quarter of a float tensor's bytes to move."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8))
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, H, W, C) -> ImageNet-normalised float32 (B, 3, H, W), channels_last.
+
+    The first three channels are R, G, B (a fourth, padding, is dropped). (x / 255 − mean) / std
+    per channel, the operations of ``to_tensor`` in its order, on whatever device ``x`` is on.
+    The permuted view of (B, H, W, C) is already the channels_last layout of (B, C, H, W).
+    """
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] not in (3, 4):
+        raise ValueError(f"expected uint8 images (B, H, W, 3|4), got {x.dtype} {tuple(x.shape)}")
+    y = x[..., :3].permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    y = y.contiguous(memory_format=torch.channels_last).div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return y.sub_(mean).div_(std)
+
+
+def longer_side_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H, W) with max(H, W) == size and the aspect ratio kept, as ``resize_longer_side``."""
+    scale = size / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> uint8 (H', W', 3) with max(H', W') == size.
+
+    Antialiased bilinear (the filter of PIL's ``resize`` with BILINEAR, which
+    ``resize_longer_side`` uses), rounded back to uint8; for images decoded on the device.
+    """
+    h, w = longer_side_size(x.shape[-2], x.shape[-1], size)
+    if (h, w) != tuple(x.shape[-2:]):
+        y = Fn.interpolate(
+            x[None].float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )
+        x = y[0].round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 0)
+
+
+# EXIF orientation value -> the PIL transpose that shows the image upright, as
+# ImageOps.exif_transpose applies it.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def orient(x: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF ``orientation`` (1-8) to an image tensor (C, H, W) on any device, as
+    ``ImageOps.exif_transpose`` does to a PIL image; other values leave it as it is."""
+    op = _ORIENTATION.get(orientation)
+    if op is None:
+        return x
+    if op == Image.Transpose.FLIP_LEFT_RIGHT:
+        return x.flip(-1)
+    if op == Image.Transpose.FLIP_TOP_BOTTOM:
+        return x.flip(-2)
+    if op == Image.Transpose.ROTATE_180:
+        return x.flip(-2, -1)
+    if op == Image.Transpose.TRANSPOSE:  # over the main diagonal
+        return x.transpose(-2, -1)
+    if op == Image.Transpose.TRANSVERSE:  # over the anti-diagonal
+        return x.transpose(-2, -1).flip(-2, -1)
+    if op == Image.Transpose.ROTATE_90:  # counter-clockwise
+        return x.rot90(1, (-2, -1))
+    return x.rot90(-1, (-2, -1))  # ROTATE_270: clockwise

@@ -187,17 +187,20 @@ def _torch_load(data: bytes, uri: str) -> Any:
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        # "Unsupported global: GLOBAL m.f", or "unsupported GLOBAL posix.system whose module
+        # posix is blocked" (the modules torch knows to be dangerous): either names the object.
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
             raise CheckpointError(
                 f"{uri}: refused: it holds Python objects ({found.group(1)}) besides tensors, "
                 "and unpickling them could run code; convert it to safetensors where its "
                 "source is trusted"
             ) from None
-        why = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        lines = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        why = [x for x in lines if x.strip() and "weights_only" not in x and "torch.load" not in x]
         raise CheckpointError(
             f"{uri}: not a readable safetensors or torch checkpoint "
-            f"(UnpicklingError: {why[0][:200] if why else ''})"
+            f"(UnpicklingError: {why[0].strip()[:200] if why else 'not a torch file'})"
         ) from None
 
 

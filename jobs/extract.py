@@ -60,9 +60,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="fp32, or bf16 autocast (default fp32)",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 autocast where the actors' device computes bf16 natively "
+        "(CUDA compute capability >= 8, CPUs with AVX512-BF16 or AMX), fp32 elsewhere; "
+        "fp32; bf16 (warns where it is emulated, ~11x slower than fp32 on AVX2 CPUs)",
+    )
+    p.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="cpu (default): PIL in decode threads; gpu: JPEGs batched through nvjpeg on the "
+        "actor's GPU, what it cannot take (PNG, CMYK, progressive, corrupt) on the CPU",
+    )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=None,
+        help="decode threads per actor (default: the CPUs the actor holds)",
+    )
+    p.add_argument(
+        "--jpeg-draft",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decode JPEGs at least twice the largest scale's size at 1/2, 1/4 or 1/8 scale in "
+        "the DCT domain, never below that size (default on; --no-jpeg-draft decodes fully)",
+    )
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=None,
+        help="CPUs each actor holds (default: a GPU node's CPUs per GPU, else 4 for GPU "
+        "actors; CPU actors share the cluster's CPUs)",
+    )
+    p.add_argument(
+        "--shards-per-actor",
+        type=int,
+        default=2,
+        help="shards an actor holds at once: the next one decodes while the current one "
+        "computes (default 2)",
     )
     p.add_argument(
         "--max-pixels",
@@ -102,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             "image_size": args.image_size,
             "precision": args.precision,
             "batch_size": args.batch_size,
+            "decode": args.decode,
+            "decode_workers": args.decode_workers,
+            "jpeg_draft": args.jpeg_draft,
             "shard_attempts": args.shard_attempts,
             "retry_backoff_s": args.retry_backoff,
         }
@@ -110,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_pixels is not None:
             spec_kw["max_pixels"] = args.max_pixels
         job = ExtractionJob(
-            args.input, args.output, ExtractionSpec(**spec_kw), args.actors, device=args.device
+            args.input,
+            args.output,
+            ExtractionSpec(**spec_kw),
+            args.actors,
+            device=args.device,
+            cpus_per_actor=args.cpus_per_actor,
+            shards_per_actor=args.shards_per_actor,
         )
         connect(args.ray_address)
         result = run_extraction(job)

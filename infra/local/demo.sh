@@ -22,7 +22,7 @@ source "$STATE_DIR/env"
 last=$(printf '%06d' $((SHARDS - 1)))
 "$VENV/bin/ray" job submit --address "$RAY_ADDRESS" -- \
     "$PY" "$PWD/jobs/extract.py" --input "s3://$BUCKET/shards/{000000..$last}.tar" \
-    --output "s3://$BUCKET/runs/demo" --precision bf16 --batch-size 4
+    --output "s3://$BUCKET/runs/demo" --precision auto --batch-size 4
 echo "--- the output, read back through DuckDB:"
 "$PY" jobs/inspect_output.py "s3://$BUCKET/runs/demo"
 
@@ -34,7 +34,7 @@ MINI="s3://$BUCKET/revisitop"
 "$PY" jobs/prepare_revisitop.py --root "$MINI/data" --dataset revisitop1m --output "$MINI/shards/r1m"
 for part in roxf/database roxf/queries r1m/distractors; do
     "$PY" jobs/extract.py --ray-address "$RAY_GCS" --input "$MINI/shards/$part/*.tar" \
-        --output "$MINI/runs/$part" --image-size 256 --precision bf16 --batch-size 4
+        --output "$MINI/runs/$part" --image-size 256 --precision auto --batch-size 4
 done
 "$PY" jobs/build_index.py --ray-address "$RAY_GCS" --descriptors "$MINI/runs/r1m/distractors" \
     --output "$MINI/indexes/r1m" --shards 2 --factory Flat

@@ -1,5 +1,7 @@
 """Ray actors around ``ShardWorker``: one per GPU (``num_gpus=1``), or CPU actors on a cluster
-without GPUs, as ``pipeline.runtime.resources`` plans them."""
+without GPUs, as ``pipeline.runtime.resources`` plans them. An actor is threaded: it holds
+``shards_per_actor`` shards at once (one computing, the next reading and decoding, a finished
+one being written), and posts its progress to a ``ProgressBoard``."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import ray
 from pipeline.extract.spec import ExtractionSpec
 from pipeline.extract.stats import ShardStats
 from pipeline.runtime import failpoints
+from pipeline.runtime.progress import ProgressBoard, UnitProgress
 from pipeline.runtime.resources import WorkerPlan
 
-# CPU cores reserved per GPU actor for reading and decoding, at most.
+# CPU cores a GPU actor takes when no GPU node is up yet to say how many it has per GPU.
 MAX_CPUS_PER_GPU_ACTOR = 4
 
 
@@ -28,7 +31,10 @@ class ActorInfo:
     device: str
     cuda_visible_devices: str | None
     gpu_ids: list[str]
-    fingerprint: dict[str, Any]
+    fingerprint: dict[str, Any]  # with the precision this actor resolved
+    decode: str  # cpu | gpu, as resolved on this actor
+    decode_workers: int
+    num_cpus: float
 
     def record(self) -> dict[str, Any]:
         return {
@@ -36,20 +42,38 @@ class ActorInfo:
             "host": self.host,
             "device": self.device,
             "cuda_visible_devices": self.cuda_visible_devices,
+            "precision": self.fingerprint["precision"],
+            "decode": self.decode,
+            "decode_workers": self.decode_workers,
+            "num_cpus": self.num_cpus,
         }
 
 
 class ShardActor:
     """The Ray actor: builds the model once in ``__init__``, then processes whole shards."""
 
-    def __init__(self, spec: ExtractionSpec, index: int, num_threads: int) -> None:
+    def __init__(
+        self, spec: ExtractionSpec, index: int, num_cpus: float, board: Any = None
+    ) -> None:
         import torch
 
         from pipeline.extract.worker import ShardWorker
 
-        torch.set_num_threads(max(1, num_threads))
+        cpus = max(1, int(num_cpus))
+        torch.set_num_threads(cpus)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # CUDA_VISIBLE_DEVICES by Ray
-        self.worker = ShardWorker(spec, device=device, name=f"actor-{index}")
+        self.num_cpus = num_cpus
+
+        def report(progress: UnitProgress) -> None:
+            board.report.remote(progress)  # fire and forget: never waits, never fails a shard
+
+        self.worker = ShardWorker(
+            spec,
+            device=device,
+            name=f"actor-{index}",
+            cpus=cpus,
+            progress=report if board is not None else None,
+        )
 
     def info(self) -> ActorInfo:
         return ActorInfo(
@@ -59,19 +83,38 @@ class ShardActor:
             cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
             gpu_ids=[str(g) for g in ray.get_gpu_ids()],
             fingerprint=self.worker.fingerprint,
+            decode=self.worker.decode,
+            decode_workers=self.worker.pool.workers,
+            num_cpus=self.num_cpus,
         )
 
-    def process(self, shard_uri: str, output: str) -> ShardStats:
-        return self.worker.process(shard_uri, output)
+    def process(self, shard_uri: str, output: str, dispatch: int = 0) -> ShardStats:
+        return self.worker.process(shard_uri, output, dispatch)
 
 
-def create_actors(spec: ExtractionSpec, plan: WorkerPlan) -> list[Any]:
+def cpus_per_gpu(nodes: list[dict[str, Any]]) -> int | None:
+    """The fewest CPUs per GPU on any alive GPU node (``ray.nodes()``); None: no GPU node."""
+    shares = [
+        int(n["Resources"].get("CPU", 0) // n["Resources"]["GPU"])
+        for n in nodes
+        if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0
+    ]
+    return max(1, min(shares)) if shares else None
+
+
+def create_board() -> Any:
+    return ray.remote(ProgressBoard).options(num_cpus=0).remote()
+
+
+def create_actors(
+    spec: ExtractionSpec, plan: WorkerPlan, board: Any, shards_per_actor: int
+) -> list[Any]:
     remote_cls = ray.remote(ShardActor).options(
         num_gpus=1 if plan.use_gpu else 0,
         num_cpus=plan.num_cpus,
-        max_restarts=-1,  # Ray restarts a dead actor; the driver re-queues its shard
+        max_restarts=-1,  # Ray restarts a dead actor; the driver re-queues its shards
         max_task_retries=0,
+        max_concurrency=shards_per_actor + 1,  # the shards in flight, and info()
         runtime_env={"env_vars": failpoints.armed_env()} if failpoints.armed_env() else None,
     )
-    threads = max(1, int(plan.num_cpus))
-    return [remote_cls.remote(spec, i, threads) for i in range(plan.count)]
+    return [remote_cls.remote(spec, i, plan.num_cpus, board) for i in range(plan.count)]

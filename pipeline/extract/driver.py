@@ -1,5 +1,6 @@
-"""The extraction driver: list shards, skip committed ones, run the rest on Ray actors,
-re-queue shards of dead actors, record the job in ``_job.json``."""
+"""The extraction driver: list shards, skip committed ones, run the rest on Ray actors (each
+holding ``shards_per_actor`` shards at a time), re-queue shards of dead actors, show progress
+in images as the actors work, record the job in ``_job.json``."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import ray
 
 from glam import IMAGENET, RANDOM, build_glam
-from pipeline.extract.actors import MAX_CPUS_PER_GPU_ACTOR, ActorInfo, create_actors
+from pipeline.extract.actors import (
+    MAX_CPUS_PER_GPU_ACTOR,
+    ActorInfo,
+    cpus_per_gpu,
+    create_actors,
+    create_board,
+)
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.layout import job_uri, marker_uri, markers_folder
@@ -24,10 +31,19 @@ from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.progress import ProgressReporter
-from pipeline.runtime.records import check_fingerprint, differing_keys, now, versions
+from pipeline.runtime.records import (
+    OutputMismatchError,
+    check_fingerprint,
+    differing_keys,
+    now,
+    versions,
+)
 from pipeline.runtime.resources import plan_workers
 
 log = logging.getLogger(__name__)
+
+# How often the driver reads the actors' progress while waiting for shards.
+PROGRESS_POLL_S = 2.0
 
 
 @dataclass
@@ -67,22 +83,32 @@ class JobResult:
 
 def check_output(
     output: str, fp: dict[str, Any], shard_ids: list[str]
-) -> tuple[dict[str, Any] | None, dict[str, ShardStats]]:
-    """The output's previous ``_job.json`` and the committed shards (by shard id) of this
-    configuration; refuse an output that holds shards of another one. A configuration that
-    committed no shard does not bind the output: the next run's replaces it."""
+) -> tuple[dict[str, Any] | None, dict[str, ShardStats], set[str]]:
+    """The output's previous ``_job.json``, the committed shards (by shard id) of this
+    configuration, and the precisions they were made in; refuse an output that holds shards of
+    another configuration. A precision of ``auto`` (resolved later, on the actors) matches any.
+    A configuration that committed no shard does not bind the output: the next run's replaces
+    it."""
+    unresolved = ("precision",) if fp["precision"] == "auto" else ()
+
+    def check(what: str, stored: dict[str, Any]) -> None:
+        precisions.add(str(stored.get("precision")))
+        check_fingerprint(what, _without(stored, unresolved), _without(fp, unresolved))
+
+    precisions: set[str] = set()
     previous = read_json(job_uri(output))
-    if previous is not None and previous.get("fingerprint", {}) != fp:
+    stored = (previous or {}).get("fingerprint", {})
+    if previous is not None and _without(stored, unresolved) != _without(fp, unresolved):
         # The shards committed bind the output (they all share one fingerprint: this very
         # check keeps it so), not the record of a run that may have committed nothing.
         bound = committed_fingerprint(output)
         if bound is not None:
-            check_fingerprint(output, bound, fp)
+            check(output, bound)
         log.warning(
             "%s: the previous run's configuration (differs in: %s) committed no shard; "
             "this run's replaces it",
             output,
-            ", ".join(differing_keys(previous.get("fingerprint", {}), fp)),
+            ", ".join(differing_keys(_without(stored, unresolved), _without(fp, unresolved))),
         )
         previous = None
     committed = {}
@@ -90,9 +116,42 @@ def check_output(
         marker = read_json(marker_uri(output, sid))
         if marker is None:
             continue
-        check_fingerprint(f"shard {sid} in {output}", marker.get("fingerprint", {}), fp)
+        check(f"shard {sid} in {output}", marker.get("fingerprint", {}))
         committed[sid] = ShardStats.from_dict(marker)
-    return previous, committed
+    return previous, committed, precisions
+
+
+def _without(fp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in fp.items() if k not in keys}
+
+
+def resolved_fingerprint(
+    output: str, fp: dict[str, Any], workers: list[ActorInfo], stored_precisions: set[str]
+) -> dict[str, Any]:
+    """The fingerprint the actors resolved (their precision); refuse actors that disagree, and
+    an output whose earlier work was made in another precision."""
+    resolved = {w.fingerprint["precision"] for w in workers}
+    if len(resolved) > 1:
+        raise ValueError(
+            f"the actors resolved --precision {fp['precision']} differently "
+            f"({', '.join(sorted(resolved))}): the cluster mixes hardware; pass --precision"
+        )
+    actual = workers[0].fingerprint
+    if _without(actual, ("precision",)) != _without(fp, ("precision",)):
+        differs = ", ".join(differing_keys(actual, fp))
+        raise RuntimeError(
+            f"the actors' fingerprint differs from the driver's in {differs}: do the cluster's "
+            "nodes run the same code and reach the same weights?"
+        )
+    other = stored_precisions - {actual["precision"]}
+    if other:
+        raise OutputMismatchError(
+            f"{output} was made by a different model or configuration (differs in: precision: "
+            f"it holds {', '.join(sorted(other))}, --precision {fp['precision']} resolves to "
+            f"{actual['precision']} on these actors); pass --precision {min(other)} or use a "
+            "new --output"
+        )
+    return actual
 
 
 def committed_fingerprint(output: str) -> dict[str, Any] | None:
@@ -119,7 +178,7 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
-    previous, committed = check_output(job.output, fp, ids)
+    previous, committed, precisions = check_output(job.output, fp, ids)
     if previous is not None and len(committed) == len(shards):
         result = JobResult(shards=len(shards), skipped=len(shards))
         result.wall_s = time.monotonic() - t0
@@ -127,8 +186,9 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
         log.info("%s", result.summary())
         return result
     with Lease(job.output, "extract", ttl_s=lease_ttl_s) as lease:
-        previous, committed = check_output(job.output, fp, ids)  # as it is now, under the lease
-        return _extract(job, shards, ids, fp, previous, committed, lease, t0)
+        # As it is now, under the lease.
+        previous, committed, precisions = check_output(job.output, fp, ids)
+        return _extract(job, shards, ids, fp, previous, committed, precisions, lease, t0)
 
 
 def _extract(
@@ -138,12 +198,15 @@ def _extract(
     fp: dict[str, Any],
     previous: dict[str, Any] | None,
     committed: dict[str, ShardStats],
+    precisions: set[str],
     lease: Lease,
     t0: float,
 ) -> JobResult:
     todo = [s for s, sid in zip(shards, ids, strict=True) if sid not in committed]
     result = JobResult(shards=len(shards), skipped=len(shards) - len(todo))
     log.info("%d shards, %d already committed, %d to do", len(shards), result.skipped, len(todo))
+    if not todo and fp["precision"] == "auto" and len(precisions) == 1:
+        fp = {**fp, "precision": next(iter(precisions))}  # nothing to compute: as recorded
     record: dict[str, Any] = {
         "input": job.input,
         "output": job.output,
@@ -157,9 +220,16 @@ def _extract(
     }
     new_stats: list[ShardStats] = []
     if todo:
-        write_json_atomic(job_uri(job.output), redact(record))
-        workers = _run_shards(job, todo, result, new_stats, lease)
-        record["workers"] = [w.record() for w in workers]
+        board = create_board()
+        actors, workers = _start_actors(job, board)
+        try:
+            record["fingerprint"] = resolved_fingerprint(job.output, fp, workers, precisions)
+            record["workers"] = [w.record() for w in workers]
+            write_json_atomic(job_uri(job.output), redact(record))
+            _run_shards(job, todo, result, new_stats, actors, board, lease)
+        finally:
+            for actor in [*actors, board]:
+                ray.kill(actor, no_restart=True)
     result.wall_s = time.monotonic() - t0
     if todo or previous is None:
         # Markers read at the start plus this run's stats: no second pass over the markers.
@@ -177,53 +247,99 @@ def _extract(
     return result
 
 
-def _run_shards(
-    job: ExtractionJob,
-    todo: list[str],
-    result: JobResult,
-    stats_out: list[ShardStats],
-    lease: Lease,
-) -> list[ActorInfo]:
-    """Process ``todo`` on fresh actors, appending each shard's stats to ``stats_out``;
-    returns what each actor reported about itself."""
-    plan = plan_workers(
-        ray.cluster_resources(), job.actors, job.device, MAX_CPUS_PER_GPU_ACTOR, "--actors"
-    )
+def _start_actors(job: ExtractionJob, board: Any) -> tuple[list[Any], list[ActorInfo]]:
+    """Plan, start and ask every actor what it runs on (each loads the model first)."""
+    per_gpu = cpus_per_gpu(ray.nodes()) or MAX_CPUS_PER_GPU_ACTOR
+    plan = plan_workers(ray.cluster_resources(), job.actors, job.device, per_gpu, "--actors")
+    if job.cpus_per_actor is not None:
+        plan = replace(plan, num_cpus=job.cpus_per_actor)
     log.info(
         "starting %d %s actors (%s CPUs each)",
         plan.count,
         "GPU" if plan.use_gpu else "CPU",
         plan.num_cpus,
     )
-    actors = create_actors(job.spec, plan)
-    workers: list[ActorInfo] = ray.get([a.info.remote() for a in actors])
+    actors = create_actors(job.spec, plan, board, job.shards_per_actor)
+    try:
+        workers: list[ActorInfo] = ray.get([a.info.remote() for a in actors])
+    except BaseException:
+        for actor in [*actors, board]:
+            ray.kill(actor, no_restart=True)
+        raise
     for w in workers:
         log.info(
-            "actor pid %s on %s: device %s, CUDA_VISIBLE_DEVICES=%s",
+            "actor pid %s on %s: device %s, CUDA_VISIBLE_DEVICES=%s, precision %s, "
+            "%s decode in %d threads",
             w.pid,
             w.host,
             w.device,
             w.cuda_visible_devices,
+            w.fingerprint["precision"],
+            w.decode,
+            w.decode_workers,
         )
+    return actors, workers
+
+
+def _run_shards(
+    job: ExtractionJob,
+    todo: list[str],
+    result: JobResult,
+    stats_out: list[ShardStats],
+    actors: list[Any],
+    board: Any,
+    lease: Lease,
+) -> None:
+    """Process ``todo`` on ``actors``, appending each shard's stats to ``stats_out``. Every
+    actor holds up to ``shards_per_actor`` shards; idle actors are served first. An actor whose
+    shard failed because it died gets no more shards until it answers again (Ray restarts it:
+    shards sent while it restarts would fail as well)."""
     pending = deque(todo)
     restarts: Counter[str] = Counter()
-    idle = list(range(len(actors)))
-    in_flight: dict[Any, tuple[int, str]] = {}
+    dispatches: Counter[str] = Counter()
+    load = [0] * len(actors)
+    in_flight: dict[Any, tuple[int, str, int]] = {}  # ref -> actor, shard, dispatch
+    pings: dict[Any, int] = {}  # info() sent to a restarting actor -> actor
+    recovering: dict[int, float] = {}  # actor -> when to ask again whether it is back
+    gone: set[int] = set()  # actors Ray will not restart
+    refusals: Counter[int] = Counter()  # "died" answers in a row, per actor
     progress = ProgressReporter(len(todo))
+    last_poll = time.monotonic()
     try:
         while pending or in_flight:
             lease.check()  # a run whose lease was taken over starts no more shards
-            while idle and pending:
-                index, shard = idle.pop(), pending.popleft()
-                in_flight[actors[index].process.remote(shard, job.output)] = (index, shard)
+            now = time.monotonic()
+            for index, at in list(recovering.items()):
+                if at <= now and index not in pings.values():
+                    pings[actors[index].info.remote()] = index
+            serving = [i for i in range(len(actors)) if i not in recovering and i not in gone]
+            while pending and serving:
+                index = min(serving, key=load.__getitem__)
+                if load[index] >= job.shards_per_actor:
+                    break
+                shard = pending.popleft()
+                dispatches[shard] += 1
+                load[index] += 1
+                ref = actors[index].process.remote(shard, job.output, dispatches[shard])
+                in_flight[ref] = (index, shard, dispatches[shard])
+            if len(gone) == len(actors):
+                for shard in pending:
+                    stats_out.append(_failed(shard, "no actor left"))
+                    result.add(stats_out[-1])
+                return
             metrics.set_gauge("pending", len(pending))
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ready, _ = ray.wait([*in_flight, *pings], num_returns=1, timeout=PROGRESS_POLL_S)
             for ref in ready:
-                index, shard = in_flight.pop(ref)
-                idle.append(index)
+                if ref in pings:
+                    _answered(ref, pings.pop(ref), recovering, gone, refusals)
+                    continue
+                index, shard, dispatch = in_flight.pop(ref)
+                load[index] -= 1
+                board.drop.remote(shard_id(shard), dispatch)
                 try:
                     stats: ShardStats = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
+                    recovering.setdefault(index, 0.0)
                     restarts[shard] += 1
                     if restarts[shard] <= job.max_shard_restarts:
                         log.warning(
@@ -237,14 +353,45 @@ def _run_shards(
                 publish(stats)
                 result.add(stats)
                 stats_out.append(stats)
-                progress.update(stats.samples, stats.errors, failed=not stats.committed)
+                progress.update(
+                    stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard
+                )
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards
+            if time.monotonic() - last_poll >= PROGRESS_POLL_S:
+                last_poll = time.monotonic()
+                _poll_progress(board, progress)
     finally:
         progress.close()
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-    return workers
+
+
+def _answered(
+    ref: Any, index: int, recovering: dict[int, float], gone: set[int], dead: Counter[int]
+) -> None:
+    """An actor answered (or not) whether it is back after a death. Ray says "died" (not
+    "unavailable") for an actor it will not restart; three such answers in a row retire it."""
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayActorError as e:
+        dead[index] = dead[index] + 1 if isinstance(e, ray.exceptions.ActorDiedError) else 0
+        if dead[index] >= 3:
+            log.error("actor %d is gone for good: %s", index, str(e).strip().splitlines()[0])
+            recovering.pop(index, None)
+            gone.add(index)
+        else:
+            recovering[index] = time.monotonic() + 1.0  # still restarting: ask again soon
+    else:
+        log.info("actor %d is back", index)
+        recovering.pop(index, None)
+        dead[index] = 0
+
+
+def _poll_progress(board: Any, progress: ProgressReporter) -> None:
+    """The actors' images done so far into the reporter (best effort: never fails the job)."""
+    try:
+        progress.in_flight(ray.get(board.snapshot.remote(), timeout=30))
+    except Exception as e:
+        log.debug("progress board unavailable: %s", e)
 
 
 def _failed(shard: str, error: str) -> ShardStats:

@@ -9,7 +9,10 @@ from typing import Any, Literal
 from pipeline.runtime import metrics
 
 ShardStatus = Literal["committed", "failed"]
-STAGES = ("read", "decode", "infer", "write")
+# read: the reader thread streaming the tar; decode: the decode threads' seconds, summed;
+# wait: the model waiting for decoded input; infer: the model (device preprocessing included);
+# write: Parquet encoding, upload and commit, off the model's path.
+STAGES = ("read", "decode", "wait", "infer", "write")
 
 
 @dataclass
@@ -24,9 +27,11 @@ class ShardStats:
     bytes: int = 0  # shard bytes streamed
     read_s: float = 0.0
     decode_s: float = 0.0
+    wait_s: float = 0.0
     infer_s: float = 0.0
     write_s: float = 0.0
     wall_s: float = 0.0
+    device_decoded: int = 0  # images decoded on the GPU (--decode gpu)
     attempts: int = 0
     error: str = ""  # why a failed shard failed
     worker: str = ""
@@ -62,6 +67,7 @@ class ShardTotals:
     bytes: int = 0
     read_s: float = 0.0
     decode_s: float = 0.0
+    wait_s: float = 0.0
     infer_s: float = 0.0
     write_s: float = 0.0
 

@@ -1,22 +1,52 @@
-"""The shard worker: stream a shard -> decode -> size-bucketed batches -> GLAM -> Parquet ->
-commit marker. Plain Python (the Ray actor in ``pipeline.extract.actors`` wraps it), so tests
-can call it directly. Reading and decoding run on a producer thread, ahead of the model."""
+"""The shard worker: stream a shard -> decode in parallel -> size-bucketed uint8 batches ->
+GLAM on the device -> Parquet -> commit marker. Plain Python (the Ray actor in
+``pipeline.extract.actors`` wraps it), so tests and benchmarks can call it directly.
+
+Three things overlap, so that the model never waits for what is not its work:
+
+- reading and decoding (``feed``): a shard's reader thread and the actor's decode threads
+  start when ``process`` is called, so the next shard decodes while this one computes;
+- compute: one thread owns the device and runs the shards' batches one shard after another
+  (uint8 crosses to the device, normalisation and the scales happen there; on CUDA the next
+  batch's copy overlaps this one's compute);
+- commit: the calling thread encodes the Parquet files, uploads them and writes the marker
+  last, while the compute thread goes on with the next shard.
+
+``process`` is safe to call from several threads at once (the actor calls it once per shard in
+flight) and returns when the shard is committed. Memory is bounded by the prefetch depth and
+the batch size, whatever the shard's size: image tensors are dropped once their batch has
+been computed; only descriptors (2 KB an image) stay until the commit.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 import glam
 from glam import ExtractConfig, GlamExtractor, build_glam
+from glam.extract import Pixels, resolve_precision, select_device
 from pipeline.extract.batching import SizeBuckets
 from pipeline.extract.decode import DecodedSample, SampleError, decode_sample
-from pipeline.extract.spec import ExtractionSpec, fingerprint
+from pipeline.extract.feed import (
+    ChunkDecoder,
+    DecodePool,
+    Item,
+    ShardFeed,
+    ShardReadError,
+    ShardUnreadableError,
+)
+from pipeline.extract.gpu_decode import DeviceJpegDecoder
+from pipeline.extract.spec import ExtractionSpec, draft_side, fingerprint
 from pipeline.extract.stats import ShardStats
 from pipeline.io.descriptor_writer import (
     descriptor_table,
@@ -26,22 +56,43 @@ from pipeline.io.descriptor_writer import (
 )
 from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
 from pipeline.io.redact import redact, redact_text
-from pipeline.io.shard_reader import ShardFormatError, ShardStorageError, iter_shard
+from pipeline.io.shard_reader import RawSample
 from pipeline.io.shards import shard_id
 from pipeline.io.storage import write_bytes_atomic, write_json_atomic
 from pipeline.runtime import failpoints, metrics
-from pipeline.runtime.producer import Producer
+from pipeline.runtime.progress import UnitProgress
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ShardReadError", "ShardUnreadableError", "ShardWorker"]
 
-class ShardReadError(RuntimeError):
-    """A shard whose bytes could not be fetched to the end (storage, network): retried."""
+# Samples per decode task: a few for the CPU (fewer futures and hand-offs under the GIL), many
+# per device-decoder call (--decode gpu: nvjpeg's batched decode wants them at once).
+CPU_DECODE_CHUNK = 4
+DEVICE_DECODE_CHUNK = 32
 
 
-class ShardUnreadableError(RuntimeError):
-    """A shard whose bytes are not a readable tar (or that does not exist): not retried,
-    since a retry reads the same bytes."""
+Kept = tuple[int, str, int, int]  # a sample's position, key, width and height
+Tagged = tuple[list[Kept], list[Pixels]]  # a batch: what the commit needs, the images
+
+
+@dataclass
+class Computed:
+    """A shard's results once its batches have run: what the commit writes."""
+
+    kept: list[Kept] = field(default_factory=list)
+    descriptors: list[np.ndarray] = field(default_factory=list)  # (B, dim) float32 each
+    failed: list[SampleError] = field(default_factory=list)
+
+
+@dataclass
+class _Job:
+    """One shard attempt queued for the compute thread."""
+
+    feed: ShardFeed
+    stats: ShardStats
+    dispatch: int
+    result: Future[Computed] = field(default_factory=Future)
 
 
 class ShardWorker:
@@ -53,34 +104,86 @@ class ShardWorker:
         device: str | None = None,
         name: str = "",
         on_retry: Callable[[str, int, str], None] | None = None,
+        cpus: int | None = None,
+        progress: Callable[[UnitProgress], None] | None = None,
+        report_interval_s: float = 1.0,
+        extractor: GlamExtractor | None = None,
     ) -> None:
+        """``cpus``: the CPUs this worker holds (decode threads default to it; None: the
+        machine's). ``progress``: called with the images done during a shard, at most every
+        ``report_interval_s``. ``extractor``: a ready extractor (benchmarks replace the model)."""
         self.spec = spec
         self.name = name
         # Called as on_retry(shard_uri, failed_attempt, error) before each retry's backoff.
         self.on_retry = on_retry
-        model = build_glam(weights=spec.weights, seed=spec.seed)
-        extract_cfg = ExtractConfig(
-            image_size=spec.image_size, scales=spec.scales, precision=spec.precision
+        self.progress = progress
+        self.report_interval_s = report_interval_s
+        dev = select_device(device)
+        self.precision = resolve_precision(spec.precision, dev)
+        if extractor is None:
+            model = build_glam(weights=spec.weights, seed=spec.seed)
+            extract_cfg = ExtractConfig(
+                image_size=spec.image_size, scales=spec.scales, precision=self.precision
+            )
+            extractor = GlamExtractor(model, extract_cfg, device=device)
+        self.extractor = extractor
+        model = extractor.model
+        self.fingerprint = fingerprint(
+            spec, model.config.to_dict(), model.weights_sha256, self.precision
         )
-        self.extractor = GlamExtractor(model, extract_cfg, device=device)
-        self.fingerprint = fingerprint(spec, model.config.to_dict(), model.weights_sha256)
         # issue 12: where the weights are, for search by image (jobs/search_index.py --image).
         self.metadata = file_metadata(
             self.fingerprint, glam.__version__, redact_text(spec.weights or "random"), spec.seed
         )
         self.dim = model.config.dim
-        log.info("worker %s ready on %s", name, self.extractor.device)
+        self.decode = self._resolve_decode(dev)
+        workers = spec.decode_workers or cpus or os.cpu_count() or 1
+        self.pool = DecodePool(workers, *self._chunk_decoder(dev))
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._compute_thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        log.info(
+            "worker %s ready on %s: precision %s (asked %s), %s decode, %d decode threads",
+            name,
+            self.extractor.device,
+            self.precision,
+            spec.precision,
+            self.decode,
+            workers,
+        )
 
-    def process(self, shard_uri: str, output: str) -> ShardStats:
+    def _resolve_decode(self, device: torch.device) -> str:
+        if self.spec.decode == "gpu" and device.type != "cuda":
+            log.warning("--decode gpu on %s: no CUDA device, decoding on the CPU", device.type)
+            return "cpu"
+        return self.spec.decode
+
+    def _chunk_decoder(self, device: torch.device) -> tuple[ChunkDecoder, int]:
+        spec, side = self.spec, draft_side(self.spec)
+        if self.decode == "gpu":
+            decoder = DeviceJpegDecoder(device, spec.image_size, spec.max_pixels, side)
+            return decoder.decode, DEVICE_DECODE_CHUNK
+
+        def on_cpu(samples: Sequence[tuple[int, RawSample]]) -> tuple[list[Item], int]:
+            items = [
+                decode_sample(i, raw, spec.image_size, spec.max_pixels, side) for i, raw in samples
+            ]
+            return items, 0
+
+        return on_cpu, CPU_DECODE_CHUNK
+
+    def process(self, shard_uri: str, output: str, dispatch: int = 0) -> ShardStats:
         """Process one shard with retries (never raises for a bad shard: a shard that stays
-        unreadable comes back with status ``failed``)."""
+        unreadable comes back with status ``failed``). ``dispatch`` numbers the driver's
+        hand-outs of the shard, for the progress reports."""
         sid = shard_id(shard_uri)
         start = time.perf_counter()
         last_error = ""
         for attempt in range(1, self.spec.shard_attempts + 1):
             stats = ShardStats(shard=sid, source=shard_uri, attempts=attempt, worker=self.name)
             try:
-                self._process_once(shard_uri, output, stats, start)
+                computed = self._compute(shard_uri, stats, dispatch)
+                self._commit(computed, output, stats, start)
                 return stats
             except ShardUnreadableError as e:
                 last_error = str(e)
@@ -117,81 +220,105 @@ class ShardWorker:
             wall_s=time.perf_counter() - start,
         )
 
-    def _read_and_decode(
-        self, shard_uri: str, stats: ShardStats
-    ) -> Iterator[DecodedSample | SampleError]:
-        """The shard's samples decoded, in shard order (runs on the producer thread)."""
-        counter = [0]
+    def _compute(self, shard_uri: str, stats: ShardStats, dispatch: int) -> Computed:
+        """Start reading and decoding now; wait for the compute thread to run the batches."""
+        feed = ShardFeed(shard_uri, self.pool, self.spec.prefetch)
+        feed.start()
+        job = _Job(feed, stats, dispatch)
         try:
-            t_read = time.perf_counter()
-            for index, raw in enumerate(iter_shard(shard_uri, counter)):
-                t_decode = time.perf_counter()
-                stats.read_s += t_decode - t_read
-                item = decode_sample(index, raw, self.spec.image_size, self.spec.max_pixels)
-                t_read = time.perf_counter()
-                stats.decode_s += t_read - t_decode
-                yield item
-            stats.read_s += time.perf_counter() - t_read
+            self._ensure_compute_thread()
+            self._jobs.put(job)
+            return job.result.result()
         finally:
-            stats.bytes = counter[0]
+            feed.close()
+            c = feed.counters
+            stats.bytes, stats.read_s, stats.decode_s = c.bytes_read[0], c.read_s, c.decode_s
+            stats.device_decoded = c.on_device
 
-    def _decoded(self, shard_uri: str, stats: ShardStats) -> Iterator[DecodedSample | SampleError]:
-        """Read and decode on a producer thread; yield results in shard order."""
-        producer = Producer(
-            lambda: self._read_and_decode(shard_uri, stats),
-            depth=self.spec.prefetch,
-            name=f"read-{shard_id(shard_uri)}",
-        )
-        items = iter(producer)
-        while True:
+    def _ensure_compute_thread(self) -> None:
+        with self._lock:
+            if self._compute_thread is None:
+                self._compute_thread = threading.Thread(
+                    target=self._compute_loop, name="compute", daemon=True
+                )
+                self._compute_thread.start()
+
+    def _compute_loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
             try:
-                item = next(items)
-            except StopIteration:
-                return
-            except ShardStorageError as e:  # worth a retry
-                raise ShardReadError(redact_text(str(e))[:1000]) from e
-            except ShardFormatError as e:  # the same bytes again: not worth one
-                raise ShardUnreadableError(redact_text(str(e))[:1000]) from e
-            metrics.set_gauge("queue", producer.depth)
-            yield item
+                job.result.set_result(self._run(job))
+            except BaseException as e:  # handed to the shard's thread
+                job.result.set_exception(e)
 
-    def _process_once(self, shard_uri: str, output: str, stats: ShardStats, start: float) -> None:
-        sid = stats.shard
-        buckets = SizeBuckets(self.spec.batch_size)
-        done: list[tuple[DecodedSample, np.ndarray]] = []
-        failed: list[SampleError] = []
-
-        def infer(batch: list[DecodedSample]) -> None:
-            t = time.perf_counter()
-            d = self.extractor.extract_batch(torch.stack([s.image for s in batch])).numpy()
-            stats.infer_s += time.perf_counter() - t
-            done.extend(zip(batch, d, strict=True))
-            if failpoints.trigger("actor_crash_in_shard", sid):
-                os._exit(1)  # a hard crash mid-shard, after some work, before any output
-
-        for item in self._decoded(shard_uri, stats):
-            if isinstance(item, SampleError):
-                failed.append(item)
-                continue
-            full = buckets.add(item)
-            if full:
-                infer(full)
-        for batch in buckets.flush():
-            infer(batch)
-
-        t = time.perf_counter()
-        done.sort(key=lambda pair: pair[0].index)
-        failed.sort(key=lambda e: e.index)
-        descriptors = (
-            np.stack([d for _, d in done]) if done else np.zeros((0, self.dim), np.float32)
+    def _run(self, job: _Job) -> Computed:
+        """On the compute thread: the shard's batches through the model, in shard order."""
+        stats, out = job.stats, Computed()
+        buckets = SizeBuckets(
+            self.spec.batch_size, max_held=max(self.spec.prefetch, self.spec.batch_size)
         )
-        source = redact_text(shard_uri)  # no URL credentials in the data
+        done, waited = 0, 0.0
+        last_report = time.perf_counter()
+
+        def report(force: bool = False) -> None:
+            nonlocal last_report
+            now = time.perf_counter()
+            if self.progress is None or (not force and now - last_report < self.report_interval_s):
+                return
+            last_report = now
+            self.progress(UnitProgress(stats.shard, job.dispatch, done, job.feed.counters.fraction))
+
+        def batches() -> Iterator[Tagged]:
+            nonlocal done, waited
+            items = iter(job.feed)
+            while True:
+                t = time.perf_counter()
+                item = next(items, None)
+                waited += time.perf_counter() - t
+                if item is None:
+                    break
+                if isinstance(item, SampleError):
+                    out.failed.append(item)
+                    done += 1
+                    continue
+                for batch in buckets.add(item):
+                    metrics.set_gauge("queue", job.feed.queued)  # chunks decoded ahead
+                    yield _tagged(batch)
+            for batch in buckets.flush():
+                yield _tagged(batch)
+
+        t0 = time.perf_counter()
+        report(force=True)
+        for kept, d in self.extractor.stream(batches()):
+            out.kept.extend(kept)
+            out.descriptors.append(d.numpy())
+            done += len(kept)
+            report()
+            if failpoints.trigger("actor_crash_in_shard", stats.shard):
+                os._exit(1)  # a hard crash mid-shard, after some work, before any output
+        report(force=True)
+        stats.wait_s = waited
+        stats.infer_s = time.perf_counter() - t0 - waited
+        return out
+
+    def _commit(self, computed: Computed, output: str, stats: ShardStats, start: float) -> None:
+        """Descriptors file, errors file (both atomic), then the marker: off the compute path."""
+        t = time.perf_counter()
+        sid = stats.shard
+        order = np.argsort([k[0] for k in computed.kept], kind="stable")
+        kept = [computed.kept[i] for i in order]
+        descriptors = (
+            np.concatenate(computed.descriptors)[order]
+            if computed.descriptors
+            else np.zeros((0, self.dim), np.float32)
+        )
+        failed = sorted(computed.failed, key=lambda e: e.index)
+        source = redact_text(stats.source)  # no URL credentials in the data
         table = descriptor_table(
-            [s.key for s, _ in done],
+            [k[1] for k in kept],
             source,
             descriptors,
-            [s.width for s, _ in done],
-            [s.height for s, _ in done],
+            [k[2] for k in kept],
+            [k[3] for k in kept],
             self.metadata,
         )
         errors = error_table(
@@ -204,7 +331,7 @@ class ShardWorker:
         write_bytes_atomic(descriptors_uri(output, sid), parquet_bytes(table))
         write_bytes_atomic(errors_uri(output, sid), parquet_bytes(errors))
         stats.write_s = time.perf_counter() - t
-        stats.ok, stats.errors = len(done), len(failed)
+        stats.ok, stats.errors = len(kept), len(failed)
         stats.samples = stats.ok + stats.errors
         for e in failed:
             stats.errors_by_type[e.error] = stats.errors_by_type.get(e.error, 0) + 1
@@ -212,3 +339,17 @@ class ShardWorker:
         # The commit marker is written last: its presence means both files are complete.
         marker = redact({**stats.to_dict(), "fingerprint": self.fingerprint})
         write_json_atomic(marker_uri(output, sid), marker)
+
+    def close(self) -> None:
+        """Stop the compute thread and the decode threads (after the shards in flight)."""
+        with self._lock:
+            thread, self._compute_thread = self._compute_thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+        self.pool.close()
+
+
+def _tagged(batch: list[DecodedSample]) -> Tagged:
+    """A batch as (what the commit needs, the images): only the extractor holds the pixels."""
+    return [(s.index, s.key, s.width, s.height) for s in batch], [s.image for s in batch]

@@ -66,11 +66,16 @@ class Producer(Generic[T]):
             if close is not None:  # a generator's own clean-up runs on this thread, now
                 close()
 
+    def start(self) -> None:
+        """Start producing now, before the first item is asked for (safe to call again)."""
+        if self._thread.ident is None and not self._stop.is_set():
+            self._thread.start()
+
     def __iter__(self) -> Iterator[T]:
         if self._started:
             raise RuntimeError("a Producer is iterated once")
         self._started = True
-        self._thread.start()
+        self.start()
         try:
             while True:
                 item = self._queue.get()

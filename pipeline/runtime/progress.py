@@ -1,57 +1,153 @@
-"""Progress of a job over units of work (shards): a bar on a terminal, periodic log lines
-otherwise."""
+"""Progress of a job over units of work (shards), counted in images as the work goes: workers
+post what they have done to a ``ProgressBoard`` (a Ray actor without resources); the driver
+reads it and a ``ProgressReporter`` shows a bar on a terminal, or a log line every 30 s
+otherwise, with shards, images, images/s and an ETA."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-class ProgressReporter:
-    """Counts finished units (shards) and the images in them; reports as it goes."""
+@dataclass(frozen=True)
+class UnitProgress:
+    """A worker's progress on one unit it is working on."""
 
-    def __init__(self, total_shards: int, interval_s: float = 30.0) -> None:
+    unit: str  # e.g. the shard id
+    dispatch: int  # the driver's hand-out number of the unit; a later hand-out wins
+    images: int  # images done so far in this hand-out (descriptors and error rows)
+    fraction: float | None  # share of the unit's bytes read so far; None: unknown
+
+
+class ProgressBoard:
+    """The latest progress of every unit in flight (the driver drops a unit when its result
+    arrives or its worker dies; reports from older hand-outs are ignored)."""
+
+    def __init__(self) -> None:
+        self._units: dict[str, UnitProgress] = {}
+        self._next_dispatch: dict[str, int] = {}  # the oldest hand-out still accepted
+
+    def report(self, progress: UnitProgress) -> None:
+        if progress.dispatch < self._next_dispatch.get(progress.unit, 0):
+            return
+        current = self._units.get(progress.unit)
+        if current is None or progress.dispatch >= current.dispatch:
+            self._units[progress.unit] = progress
+
+    def drop(self, unit: str, dispatch: int) -> None:
+        """Hand-out ``dispatch`` of ``unit`` is over (done, failed or its worker died)."""
+        self._units.pop(unit, None)
+        self._next_dispatch[unit] = max(self._next_dispatch.get(unit, 0), dispatch + 1)
+
+    def snapshot(self) -> list[UnitProgress]:
+        return list(self._units.values())
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class ProgressReporter:
+    """Counts finished units (shards) and the images in them, plus the images of the units in
+    flight; reports as it goes: a tqdm bar on a terminal, otherwise a log line at most every
+    ``interval_s`` (and when the last unit finishes)."""
+
+    def __init__(
+        self,
+        total_shards: int,
+        interval_s: float = 30.0,
+        bar: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total_shards
         self.done = 0
-        self.images = 0
+        self.images = 0  # in finished units
         self.errors = 0
         self.failed = 0
-        self.start = time.monotonic()
         self.interval_s = interval_s
+        self._clock = clock
+        self.start = clock()
         self._last_log = self.start
+        self._in_flight: Sequence[UnitProgress] = ()
         self._bar: Any = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() if bar is None else bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_shards, unit="shard", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total_shards,
+                unit="shard",
+                dynamic_ncols=True,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total} shards [{elapsed}<{remaining}{postfix}]",
+            )
+
+    def images_done(self) -> int:
+        """Images of finished units plus those done so far in units in flight."""
+        return self.images + sum(p.images for p in self._in_flight)
 
     def rate(self) -> float:
-        return self.images / max(time.monotonic() - self.start, 1e-9)
+        return self.images_done() / max(self._clock() - self.start, 1e-9)
 
-    def update(self, images: int, errors: int, failed: bool = False) -> None:
-        """One more unit done, with ``images`` samples of which ``errors`` gave error rows."""
+    def work_done(self) -> float:
+        """Units done, counting a unit in flight by the share of it read (or, when its size is
+        unknown, by its images against the finished units' mean)."""
+        per_unit = self.images / self.done if self.done else None
+        work = float(self.done)
+        for p in self._in_flight:
+            if p.fraction is not None:
+                work += p.fraction
+            elif per_unit:
+                work += min(1.0, p.images / per_unit)
+        return min(work, float(self.total))
+
+    def eta_s(self) -> float | None:
+        work = self.work_done()
+        elapsed = self._clock() - self.start
+        if work <= 0 or elapsed <= 0:
+            return None
+        return (self.total - work) * elapsed / work
+
+    def update(self, images: int, errors: int, failed: bool = False, unit: str = "") -> None:
+        """One more unit done, with ``images`` samples of which ``errors`` gave error rows;
+        ``unit`` leaves the units in flight."""
+        self._in_flight = tuple(p for p in self._in_flight if p.unit != unit)
         self.done += 1
         self.images += images
         self.errors += errors
         self.failed += failed
+        self._show(final=self.done == self.total)
+
+    def in_flight(self, units: Sequence[UnitProgress]) -> None:
+        """The progress of the units in flight now (replaces the previous snapshot)."""
+        self._in_flight = tuple(units)
+        self._show()
+
+    def line(self) -> str:
+        return (
+            f"shards {self.done}/{self.total} ({self.work_done():.1f} with work in progress), "
+            f"images {self.images_done()} ({self.rate():.2f} images/s), "
+            f"ETA {format_eta(self.eta_s())}, error rows {self.errors}, "
+            f"failed shards {self.failed}"
+        )
+
+    def _show(self, final: bool = False) -> None:
         if self._bar is not None:
-            self._bar.update(1)
-            self._bar.set_postfix(images=self.images, img_s=f"{self.rate():.2f}")
-        elif time.monotonic() - self._last_log >= self.interval_s or self.done == self.total:
-            self._last_log = time.monotonic()
-            log.info(
-                "shards %d/%d, images %d (%.2f images/s), error rows %d, failed shards %d",
-                self.done,
-                self.total,
-                self.images,
-                self.rate(),
-                self.errors,
-                self.failed,
-            )
+            self._bar.n = self.work_done()
+            self._bar.set_postfix(images=self.images_done(), img_s=f"{self.rate():.2f}")
+            return
+        now = self._clock()
+        if final or now - self._last_log >= self.interval_s:
+            self._last_log = now
+            log.info("%s", self.line())
 
     def close(self) -> None:
         if self._bar is not None:

@@ -10,11 +10,17 @@ import torch
 from PIL import Image
 
 from glam.preprocess import (
+    EXIF_ORIENTATION,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageDecodeError,
     decode_image,
+    decode_rgb,
+    draft_request,
+    orient,
     preprocess,
+    resize_longer_side,
+    resize_uint8,
     to_rgb,
 )
 
@@ -91,3 +97,62 @@ def test_oversized_image_is_refused_before_decoding() -> None:
     with pytest.raises(ImageDecodeError, match="exceeds the limit"):
         decode_image(data, max_pixels=10_000)
     assert decode_image(data, max_pixels=20_000).size == (200, 100)
+
+
+def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:
+    from pipeline.datasets.synthetic import photo
+
+    return photo(np.random.default_rng(seed), w, h)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_on_tensors_is_exif_transpose(orientation: int) -> None:
+    img = photo_like(40, 24)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    upright = to_rgb(decode_image(encode(img, "PNG", exif=exif.tobytes())))
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # (3, H, W) as stored
+    assert torch.equal(orient(x, orientation).permute(1, 2, 0), torch.from_numpy(np.array(upright)))
+
+
+@pytest.mark.parametrize("size", [(400, 300), (300, 400), (97, 61)])
+def test_resize_on_tensors_is_close_to_pils(size: tuple[int, int]) -> None:
+    """The device resize (for images decoded there) against PIL's antialiased bilinear."""
+    img = photo_like(*size)
+    pil = np.asarray(resize_longer_side(img, 128)).astype(int)
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    mine = resize_uint8(x, 128).numpy().astype(int)
+    assert mine.shape == pil.shape
+    diff = np.abs(mine - pil)
+    assert diff.mean() < 0.3 and diff.max() <= 1, (diff.mean(), diff.max())
+
+
+def test_draft_decode_keeps_the_side_and_reports_the_full_size() -> None:
+    img = photo_like(1200, 800)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored landscape, shown portrait
+    data = encode(img, "JPEG", quality=90, exif=exif.tobytes())
+    full, full_size = decode_rgb(data)
+    assert full.size == (800, 1200) and full_size == (800, 1200)
+    drafted, size = decode_rgb(data, draft_side=300)  # 1200 >= 2 x 300: 1/4 scale
+    assert size == (800, 1200) and drafted.size == (200, 300)
+    kept, _ = decode_rgb(data, draft_side=700)  # 1200 < 2 x 700: decoded fully
+    assert kept.size == (800, 1200)
+    png, _ = decode_rgb(encode(img, "PNG"), draft_side=300)  # only JPEGs have a draft mode
+    assert png.size == (1200, 800)
+    # The draft is a DCT-domain downscale: close to the full decode after the same resize.
+    a = np.asarray(resize_longer_side(drafted, 256)).astype(float)
+    b = np.asarray(resize_longer_side(full, 256)).astype(float)
+    assert 10 * np.log10(255**2 / ((a - b) ** 2).mean()) > 35  # PSNR in dB
+
+
+@pytest.mark.parametrize(
+    "size,side,expected",
+    [
+        ((4000, 3000), 1448, (1448, 1086)),
+        ((2895, 2000), 1448, None),
+        ((3000, 4000), 1448, (1086, 1448)),
+    ],
+)
+def test_draft_request_only_from_twice_the_side(size, side, expected) -> None:
+    assert draft_request(size, side) == expected

@@ -256,7 +256,7 @@ def test_jobs_fit_the_cluster_they_run_on() -> None:
         assert argv is not None
         args = PARSERS[argv[1].rsplit("/", 1)[1]]().parse_args(argv[2:])
         if key.startswith("extract/"):
-            assert args.actors == group["maxReplicas"]
+            assert args.actors == group["maxReplicas"] and args.cpus_per_actor == cpus
         else:
             assert args.cpus_per_worker == cpus and args.workers <= group["maxReplicas"]
 
@@ -343,7 +343,11 @@ WHERE = {
     "timeZone": at(REBUILDS, "spec.timeZone"),
     "gpuWorkersMin": at(EVERY, "workerGroupSpecs.replicas", "workerGroupSpecs.minReplicas"),
     "gpuWorkersMax": merged(at(EVERY, "workerGroupSpecs.maxReplicas"), at("extract", "--actors")),
-    "cpusPerGpu": merged(at(EVERY, "requests.cpu", "limits.cpu"), at("train", "--cpus-per-worker")),
+    "cpusPerGpu": merged(
+        at(EVERY, "requests.cpu", "limits.cpu"),
+        at("train", "--cpus-per-worker"),
+        at("extract", "--cpus-per-actor"),
+    ),
     "memoryPerGpu": at(EVERY, "requests.memory", "limits.memory"),
     "headCpus": at(EVERY, "requests.cpu", "limits.cpu"),
     "headMemory": at(EVERY, "requests.memory", "limits.memory"),

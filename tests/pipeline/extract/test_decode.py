@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, bad_sample, encode, image, odd_mode
+from pipeline.datasets.synthetic import (
+    BAD_KINDS,
+    ODD_MODES,
+    bad_sample,
+    encode,
+    image,
+    odd_mode,
+    photo,
+)
 from pipeline.extract.batching import SizeBuckets
-from pipeline.extract.decode import DecodedSample, SampleError, decode_sample
+from pipeline.extract.decode import DecodedSample, SampleError, decode_sample, pixels
 from pipeline.io.shard_reader import RawSample
 
 
@@ -24,7 +32,8 @@ def test_odd_modes_decode_to_rgb_tensors(mode: str) -> None:
     ext, data = odd_mode(image(np.random.default_rng(1), 90, 60), mode)
     out = decode_sample(0, RawSample("k", {ext: data, "cls": b"1"}), 64, 10_000_000)
     assert isinstance(out, DecodedSample)
-    assert tuple(out.image.shape) == (3, 43, 64) and (out.width, out.height) == (90, 60)
+    assert tuple(out.image.shape) == (43, 64, 4) and (out.width, out.height) == (90, 60)
+    assert out.image.dtype == np.uint8  # RGB + PIL's pad byte: a third of float32's bytes
 
 
 def test_pixel_limit_is_configurable() -> None:
@@ -35,22 +44,49 @@ def test_pixel_limit_is_configurable() -> None:
 
 
 def _sample(i: int, h: int, w: int) -> DecodedSample:
-    return DecodedSample(i, str(i), torch.zeros(3, h, w), w, h)
+    return DecodedSample(i, str(i), torch.zeros(h, w, 3, dtype=torch.uint8), w, h)
 
 
 def test_size_buckets_release_full_batches_and_flush_the_rest() -> None:
     buckets = SizeBuckets(2)
-    assert buckets.add(_sample(0, 4, 6)) is None
-    assert buckets.add(_sample(1, 6, 4)) is None
-    full = buckets.add(_sample(2, 4, 6))
-    assert full is not None and [s.index for s in full] == [0, 2]
-    assert buckets.add(_sample(3, 4, 6)) is None
+    assert buckets.add(_sample(0, 4, 6)) == []
+    assert buckets.add(_sample(1, 6, 4)) == []
+    (full,) = buckets.add(_sample(2, 4, 6))
+    assert [s.index for s in full] == [0, 2]
+    assert buckets.add(_sample(3, 4, 6)) == []
     rest = buckets.flush()
     assert sorted(s.index for b in rest for s in b) == [1, 3]
     assert all(len({tuple(s.image.shape) for s in b}) == 1 for b in rest)
     assert buckets.flush() == []
     with pytest.raises(ValueError):
         SizeBuckets(0)
+
+
+def test_size_buckets_hold_at_most_max_held_images() -> None:
+    """Many sizes, none filling a batch: memory stays bounded, every sample comes out once."""
+    buckets = SizeBuckets(4, max_held=6)
+    out = []
+    for i in range(40):
+        out += buckets.add(_sample(i, 8 + i % 9, 8))
+        assert buckets.held <= 6
+    out += buckets.flush()
+    assert sorted(s.index for b in out for s in b) == list(range(40))
+    assert all(len({tuple(s.image.shape) for s in b}) == 1 and len(b) <= 4 for b in out)
+    with pytest.raises(ValueError, match="max_held"):
+        SizeBuckets(4, max_held=3)
+
+
+def test_large_jpegs_decode_in_draft_to_the_same_size() -> None:
+    """Draft decode: same output size, full width/height reported, close to the full decode."""
+    rng = np.random.default_rng(3)
+    raw = RawSample("k", {"jpg": encode(photo(rng, 1000, 600), quality=90)})
+    full = decode_sample(0, raw, 200, 10_000_000)
+    draft = decode_sample(0, raw, 200, 10_000_000, draft_side=250)  # 1000 >= 2 x 250
+    assert isinstance(full, DecodedSample) and isinstance(draft, DecodedSample)
+    assert full.image.shape == draft.image.shape == (120, 200, 4)
+    assert (draft.width, draft.height) == (full.width, full.height) == (1000, 600)
+    diff = np.abs(full.image[..., :3].astype(float) - draft.image[..., :3])
+    assert 0 < diff.mean() < 3
 
 
 def test_shard_stats_round_trip_through_a_commit_marker() -> None:
@@ -63,3 +99,11 @@ def test_shard_stats_round_trip_through_a_commit_marker() -> None:
     failed = ShardStats("000002", "s3://b/000002.tar", status="failed", error="gone")
     totals = ShardTotals.over([stats, failed, stats])
     assert (totals.committed_shards, totals.samples, totals.ok, totals.infer_s) == (2, 10, 8, 4.0)
+
+
+@pytest.mark.parametrize("size", [(90, 60), (2100, 2100)])  # one block of PIL memory, or several
+def test_pixels_are_rgb_plus_a_pad_byte(size: tuple[int, int]) -> None:
+    img = image(np.random.default_rng(4), *size)
+    px = pixels(img)
+    assert px.shape == (size[1], size[0], 4) and px.dtype == np.uint8
+    assert np.array_equal(px[..., :3], np.asarray(img))

@@ -5,6 +5,7 @@ endpoint."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.request
 import uuid
@@ -41,7 +42,9 @@ def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     client = JobSubmissionClient(ray_head.dashboard_url)
     assert client.get_job_status(submission) == JobStatus.SUCCEEDED
-    assert "3 done, 0 skipped, 0 failed" in client.get_job_logs(submission)
+    logs = client.get_job_logs(submission)
+    assert "3 done, 0 skipped, 0 failed" in logs
+    assert re.search(r"shards 3/3 .*images \d+ \([\d.]+ images/s\), ETA ", logs)  # progress
     assert_exactly_once(output, 3)
     job = read_json(job_uri(output))
     assert job["status"] == "succeeded"

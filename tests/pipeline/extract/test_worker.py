@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import logging
 import tarfile
+import threading
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -16,10 +23,14 @@ from moto.server import ThreadedMotoServer
 
 from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
 from pipeline.datasets.synthetic import encode, image, write_shards
+from pipeline.extract.decode import DecodedSample, SampleError
 from pipeline.extract.spec import ExtractionSpec
-from pipeline.extract.worker import ShardWorker
+from pipeline.extract.worker import CPU_DECODE_CHUNK, ShardWorker
 from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
+from pipeline.io.shard_reader import RawSample
+from pipeline.io.shards import shard_id
 from pipeline.io.storage import exists, filesystem, read_bytes, write_bytes_atomic
+from pipeline.runtime.progress import UnitProgress
 from tests.support.extraction import IMAGE_SIZE, expected_keys
 from tests.support.tars import JPEG, tar_of
 from tests.support.waiting import free_port
@@ -85,7 +96,8 @@ def test_pipeline_descriptor_equals_the_models_own(worker: ShardWorker, shards: 
         for m in tar.getmembers():
             members[m.name] = tar.extractfile(m).read()
     model = build_glam(seed=SPEC.seed)
-    extractor = GlamExtractor(model, ExtractConfig(image_size=IMAGE_SIZE))
+    cfg = ExtractConfig(image_size=IMAGE_SIZE, precision=worker.precision)  # auto, resolved
+    extractor = GlamExtractor(model, cfg)
     for key in ("s000000_00000", "s000000_00001", "s000000_mode_CMYK"):
         name = next(n for n in members if n.startswith(key + ".") and n[-3:] in ("jpg", "png"))
         img = decode_image(members[name])
@@ -203,3 +215,152 @@ def test_s3_endpoint_restart_mid_run_is_retried(monkeypatch, tmp_path) -> None:
         for s in restarted:
             s.stop()
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+# Pipelining, progress and memory, on local shards (no service: the fast loop).
+PIPE_SPEC = ExtractionSpec(
+    image_size=IMAGE_SIZE, batch_size=2, prefetch=4, decode_workers=2, retry_backoff_s=0.0
+)
+
+
+@pytest.fixture(scope="module")
+def piped() -> Iterator[ShardWorker]:
+    w = ShardWorker(PIPE_SPEC, device="cpu", name="piped", report_interval_s=0.0)
+    yield w
+    w.close()
+
+
+def local_shards(folder: Path, n: int = 2, images: int = 12) -> list[str]:
+    from pipeline.datasets.synthetic import write_shards
+
+    return write_shards(str(folder / "shards"), n, images, size=(96, 72), bad=("corrupt",))
+
+
+def test_next_shard_decodes_while_this_one_computes_and_commits_off_the_compute_path(
+    piped: ShardWorker, tmp_path: Path, monkeypatch
+) -> None:
+    """Shard B is read while A computes; A's commit waits until B computes. Were either
+    serial, one side would wait on the other and the test would time out."""
+    import pipeline.extract.feed as feed_module
+    import pipeline.extract.worker as worker_module
+
+    a, b = local_shards(tmp_path)
+    out = str(tmp_path / "out")
+    read_started = {sid: threading.Event() for sid in ("000000", "000001")}
+    computing = {sid: threading.Event() for sid in ("000000", "000001")}
+    real_iter_shard, real_write_json = feed_module.iter_shard, worker_module.write_json_atomic
+
+    def iter_shard(uri: str, counter: list[int] | None = None) -> Iterator[RawSample]:
+        read_started[shard_id(uri)].set()
+        yield from real_iter_shard(uri, counter)
+
+    def progress(p: UnitProgress) -> None:  # on the compute thread
+        if p.images > 0:
+            computing[p.unit].set()
+        if p.unit == "000000" and p.images > 0:
+            assert read_started["000001"].wait(120), "B was not read while A computed"
+
+    def write_json(uri: str, value: object) -> None:
+        if uri == marker_uri(out, "000000"):
+            assert computing["000001"].wait(120), "A's commit held up B's compute"
+        real_write_json(uri, value)
+
+    monkeypatch.setattr(feed_module, "iter_shard", iter_shard)
+    monkeypatch.setattr(worker_module, "write_json_atomic", write_json)
+    piped.progress = progress
+    try:
+        with ThreadPoolExecutor(2) as pool:  # as the threaded actor calls it
+            first = pool.submit(piped.process, a, out, 1)
+            assert computing["000000"].wait(120)
+            second = pool.submit(piped.process, b, out, 1)
+            stats = [first.result(), second.result()]
+    finally:
+        piped.progress = None
+    assert [s.status for s in stats] == ["committed", "committed"]
+    for sid in ("000000", "000001"):  # in shard order, every sample once
+        keys = read_table(descriptors_uri(out, sid))["key"].to_pylist()
+        assert keys == [f"s{sid}_{i:05d}" for i in range(12)]
+        assert read_table(errors_uri(out, sid))["key"].to_pylist() == [f"s{sid}_bad_corrupt"]
+
+
+def test_progress_is_reported_in_images_during_the_shard(
+    piped: ShardWorker, tmp_path: Path
+) -> None:
+    (shard,) = local_shards(tmp_path, n=1)
+    out = str(tmp_path / "out")
+    reports: list[UnitProgress] = []
+
+    def progress(p: UnitProgress) -> None:
+        reports.append(p)
+        if 0 < p.images < 13:  # before the last batch: nothing is committed yet
+            assert not exists(marker_uri(out, "000000"))
+
+    piped.progress = progress
+    try:
+        stats = piped.process(shard, out, dispatch=3)
+    finally:
+        piped.progress = None
+    images = [p.images for p in reports]
+    assert images == sorted(images) and images[0] == 0 and images[-1] == stats.samples == 13
+    assert len({i for i in images if 0 < i < 13}) >= 3  # moves batch by batch
+    assert {(p.unit, p.dispatch) for p in reports} == {("000000", 3)}
+    assert reports[-1].fraction == pytest.approx(1.0)
+
+
+def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
+    piped: ShardWorker, tmp_path: Path, monkeypatch
+) -> None:
+    """Images of 9 different sizes (few full batches), 60 of them: at no time do more than
+    prefetch + buckets + batches in flight + decode threads exist; none after the shard."""
+    import pipeline.extract.worker as worker_module
+    from pipeline.datasets.synthetic import encode, image
+    from pipeline.io.shard_writer import tar_bytes
+
+    rng = np.random.default_rng(0)
+    samples = [(f"k{i:03d}", {"jpg": encode(image(rng, 64 + 8 * (i % 9), 48))}) for i in range(60)]
+    shard = str(tmp_path / "000000.tar")
+    write_bytes_atomic(shard, tar_bytes(iter(samples)))
+    alive = [0]  # decoded images not yet collected (numpy arrays are not hashable: counted)
+    real_decode = worker_module.decode_sample
+
+    def collected() -> None:
+        alive[0] -= 1
+
+    def tracked(*args: object, **kw: object) -> DecodedSample | SampleError:
+        item = real_decode(*args, **kw)  # type: ignore[arg-type]
+        if isinstance(item, DecodedSample):
+            alive[0] += 1
+            weakref.finalize(item.image, collected)
+        return item
+
+    peak = [0]
+
+    def progress(p: UnitProgress) -> None:
+        peak[0] = max(peak[0], alive[0])
+
+    monkeypatch.setattr(worker_module, "decode_sample", tracked)
+    piped.progress = progress
+    try:
+        stats = piped.process(shard, str(tmp_path / "out"))
+    finally:
+        piped.progress = None
+    assert stats.ok == 60
+    # Chunks queued (prefetch / chunk), one waiting to be queued and one being taken; the
+    # buckets (at most prefetch); the batch computing and the next one.
+    spec, chunk = PIPE_SPEC, CPU_DECODE_CHUNK
+    bound = (max(1, spec.prefetch // chunk) + 2) * chunk + spec.prefetch + 2 * spec.batch_size
+    assert 0 < peak[0] <= bound < 60, (peak[0], bound)
+    gc.collect()
+    assert alive[0] == 0  # no image outlives its batch
+
+
+def test_decode_gpu_without_cuda_decodes_on_the_cpu(caplog) -> None:
+    spec = ExtractionSpec(image_size=IMAGE_SIZE, decode="gpu")
+    with caplog.at_level(logging.WARNING):
+        w = ShardWorker(spec, device="cpu", cpus=3)
+    try:
+        assert w.decode == "cpu" and w.pool.workers == 3
+        assert "no CUDA device" in caplog.text
+        assert w.fingerprint["precision"] == w.precision != "auto"
+    finally:
+        w.close()
