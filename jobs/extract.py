@@ -101,6 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
         "computes (default 2)",
     )
     p.add_argument(
+        "--max-shard-restarts",
+        type=int,
+        default=3,
+        help="actor deaths (real restarts) a shard may cause before it is reported failed, "
+        "with the last death's cause (default 3)",
+    )
+    p.add_argument(
+        "--start-timeout-s",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for the actors to start (GPU nodes an autoscaler adds, the model "
+        "loaded) before failing, naming what the cluster lacks (default 1800)",
+    )
+    p.add_argument(
+        "--restart-timeout-s",
+        type=float,
+        default=1800.0,
+        help="seconds to wait for Ray to restart a failed actor before retiring it and giving "
+        "its shards to the others (default 1800)",
+    )
+    p.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -153,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             args.output,
             ExtractionSpec(**spec_kw),
             args.actors,
+            max_shard_restarts=args.max_shard_restarts,
             device=args.device,
             cpus_per_actor=args.cpus_per_actor,
             shards_per_actor=args.shards_per_actor,
+            start_timeout_s=args.start_timeout_s,
+            restart_timeout_s=args.restart_timeout_s,
         )
         connect(args.ray_address)
         result = run_extraction(job)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,10 @@ class ShardActor:
         import torch
 
         from pipeline.extract.worker import ShardWorker
+
+        delay = failpoints.armed("actor_restart_delay_s")
+        if delay and ray.get_runtime_context().was_current_actor_reconstructed:
+            time.sleep(float(delay))  # fault injection: a restart slower than any retry
 
         cpus = max(1, int(num_cpus))
         torch.set_num_threads(cpus)

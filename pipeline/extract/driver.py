@@ -21,6 +21,7 @@ from pipeline.extract.actors import (
     create_actors,
     create_board,
 )
+from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.layout import job_uri, marker_uri, markers_folder
@@ -38,12 +39,14 @@ from pipeline.runtime.records import (
     now,
     versions,
 )
-from pipeline.runtime.resources import plan_workers
+from pipeline.runtime.resources import WorkerPlan, plan_workers, shortfall
 
 log = logging.getLogger(__name__)
 
 # How often the driver reads the actors' progress while waiting for shards.
 PROGRESS_POLL_S = 2.0
+# How often the driver says what it waits for while the actors start.
+START_REPORT_S = 30.0
 
 
 @dataclass
@@ -226,7 +229,9 @@ def _extract(
             record["fingerprint"] = resolved_fingerprint(job.output, fp, workers, precisions)
             record["workers"] = [w.record() for w in workers]
             write_json_atomic(job_uri(job.output), redact(record))
-            _run_shards(job, todo, result, new_stats, actors, board, lease)
+            record["actor_restarts"] = _run_shards(
+                job, todo, result, new_stats, actors, workers, board, lease
+            )
         finally:
             for actor in [*actors, board]:
                 ray.kill(actor, no_restart=True)
@@ -259,9 +264,12 @@ def _start_actors(job: ExtractionJob, board: Any) -> tuple[list[Any], list[Actor
         "GPU" if plan.use_gpu else "CPU",
         plan.num_cpus,
     )
+    lacking = shortfall(plan, ray.cluster_resources())
+    if lacking:
+        log.warning("%s", lacking)
     actors = create_actors(job.spec, plan, board, job.shards_per_actor)
     try:
-        workers: list[ActorInfo] = ray.get([a.info.remote() for a in actors])
+        workers = _wait_started(actors, plan, job.start_timeout_s)
     except BaseException:
         for actor in [*actors, board]:
             ray.kill(actor, no_restart=True)
@@ -281,38 +289,86 @@ def _start_actors(job: ExtractionJob, board: Any) -> tuple[list[Any], list[Actor
     return actors, workers
 
 
+class ActorStartError(RuntimeError):
+    """The actors did not start within the start timeout (resources the cluster lacks)."""
+
+
+def _wait_started(actors: list[Any], plan: WorkerPlan, timeout_s: float) -> list[ActorInfo]:
+    """Every actor's ``info()``, once each has loaded its model. While some wait for resources,
+    a line every ``START_REPORT_S`` says what the cluster lacks; past ``timeout_s``,
+    ``ActorStartError`` names it (a GPU actor on a cluster without GPUs would wait forever)."""
+    refs = [a.info.remote() for a in actors]
+    start = time.monotonic()
+    while True:
+        waited = time.monotonic() - start
+        ready, not_ready = ray.wait(
+            refs, num_returns=len(refs), timeout=min(START_REPORT_S, max(0.0, timeout_s - waited))
+        )
+        if not not_ready:
+            return list(ray.get(refs))
+        for ref in ready:
+            ray.get(ref)  # an actor whose start failed: its error, now
+        lacking = shortfall(plan, ray.cluster_resources()) or "the actors are loading the model"
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            raise ActorStartError(
+                f"{len(not_ready)} of {len(refs)} actors did not start within {timeout_s:g} s "
+                f"(--start-timeout-s): {lacking}"
+            )
+        log.warning(
+            "waiting for %d of %d actors to start (%.0f s so far): %s",
+            len(not_ready),
+            len(refs),
+            waited,
+            lacking,
+        )
+
+
 def _run_shards(
     job: ExtractionJob,
     todo: list[str],
     result: JobResult,
     stats_out: list[ShardStats],
     actors: list[Any],
+    workers: list[ActorInfo],
     board: Any,
     lease: Lease,
-) -> None:
-    """Process ``todo`` on ``actors``, appending each shard's stats to ``stats_out``. Every
-    actor holds up to ``shards_per_actor`` shards; idle actors are served first. An actor whose
-    shard failed because it died gets no more shards until it answers again (Ray restarts it:
-    shards sent while it restarts would fail as well)."""
+) -> int:
+    """Process ``todo`` on ``actors``, appending each shard's stats to ``stats_out``; returns
+    the actor restarts seen. Every actor holds up to ``shards_per_actor`` shards; idle actors
+    are served first. An actor whose call failed gets no shards until it is back, and the
+    shards it held wait for it: a death is counted when its restart is seen
+    (``pipeline.extract.recovery``), not for each call that failed meanwhile."""
     pending = deque(todo)
-    restarts: Counter[str] = Counter()
+    deaths: Counter[str] = Counter()
     dispatches: Counter[str] = Counter()
     load = [0] * len(actors)
     in_flight: dict[Any, tuple[int, str, int]] = {}  # ref -> actor, shard, dispatch
-    pings: dict[Any, int] = {}  # info() sent to a restarting actor -> actor
-    recovering: dict[int, float] = {}  # actor -> when to ask again whether it is back
-    gone: set[int] = set()  # actors Ray will not restart
-    refusals: Counter[int] = Counter()  # "died" answers in a row, per actor
+    recovery = ActorRecovery(actors, [w.pid for w in workers], job.restart_timeout_s)
     progress = ProgressReporter(len(todo))
     last_poll = time.monotonic()
+
+    def finish(stats: ShardStats) -> None:
+        publish(stats)
+        result.add(stats)
+        stats_out.append(stats)
+        progress.update(stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard)
+
+    def settle(r: Recovery) -> None:
+        """Count the recovered (or retired) actor's death on the shards it held; requeue them."""
+        for shard in reversed(r.shards):  # back to the front of the queue, in their order
+            deaths[shard] += r.restarts
+            if deaths[shard] > job.max_shard_restarts:
+                finish(_failed(shard, f"actor died {deaths[shard]} times (last: {r.cause})"))
+            else:
+                pending.appendleft(shard)
+
     try:
-        while pending or in_flight:
+        while pending or in_flight or recovery.holding():
             lease.check()  # a run whose lease was taken over starts no more shards
-            now = time.monotonic()
-            for index, at in list(recovering.items()):
-                if at <= now and index not in pings.values():
-                    pings[actors[index].info.remote()] = index
-            serving = [i for i in range(len(actors)) if i not in recovering and i not in gone]
+            for r in recovery.expired():
+                settle(r)
+            serving = recovery.serving()
             while pending and serving:
                 index = min(serving, key=load.__getitem__)
                 if load[index] >= job.shards_per_actor:
@@ -322,16 +378,22 @@ def _run_shards(
                 load[index] += 1
                 ref = actors[index].process.remote(shard, job.output, dispatches[shard])
                 in_flight[ref] = (index, shard, dispatches[shard])
-            if len(gone) == len(actors):
-                for shard in pending:
-                    stats_out.append(_failed(shard, "no actor left"))
-                    result.add(stats_out[-1])
-                return
+            if not serving and not recovery.recovering and not in_flight:
+                why = "; ".join(sorted(set(recovery.retired.values())))
+                while pending:
+                    finish(_failed(pending.popleft(), f"no actor left ({why})"))
+                break
             metrics.set_gauge("pending", len(pending))
+            pings = recovery.pings()
+            if not in_flight and not pings:  # only actors between two pings: pace the loop
+                time.sleep(PING_INTERVAL_S)
+                continue
             ready, _ = ray.wait([*in_flight, *pings], num_returns=1, timeout=PROGRESS_POLL_S)
             for ref in ready:
                 if ref in pings:
-                    _answered(ref, pings.pop(ref), recovering, gone, refusals)
+                    settled = recovery.answered(ref, pings[ref])
+                    if settled is not None:
+                        settle(settled)
                     continue
                 index, shard, dispatch = in_flight.pop(ref)
                 load[index] -= 1
@@ -339,23 +401,13 @@ def _run_shards(
                 try:
                     stats: ShardStats = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    recovering.setdefault(index, 0.0)
-                    restarts[shard] += 1
-                    if restarts[shard] <= job.max_shard_restarts:
-                        log.warning(
-                            "actor %d died on %s; re-queued (%s)", index, shard, type(e).__name__
-                        )
-                        pending.appendleft(shard)
-                        continue
-                    stats = _failed(shard, f"actor died {restarts[shard]} times")
+                    settled = recovery.failed(index, shard, e)
+                    if settled is not None:
+                        settle(settled)
+                    continue
                 except ray.exceptions.RayTaskError as e:
                     stats = _failed(shard, str(e).strip().splitlines()[-1][:500])
-                publish(stats)
-                result.add(stats)
-                stats_out.append(stats)
-                progress.update(
-                    stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard
-                )
+                finish(stats)
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards
             if time.monotonic() - last_poll >= PROGRESS_POLL_S:
@@ -363,27 +415,7 @@ def _run_shards(
                 _poll_progress(board, progress)
     finally:
         progress.close()
-
-
-def _answered(
-    ref: Any, index: int, recovering: dict[int, float], gone: set[int], dead: Counter[int]
-) -> None:
-    """An actor answered (or not) whether it is back after a death. Ray says "died" (not
-    "unavailable") for an actor it will not restart; three such answers in a row retire it."""
-    try:
-        ray.get(ref)
-    except ray.exceptions.RayActorError as e:
-        dead[index] = dead[index] + 1 if isinstance(e, ray.exceptions.ActorDiedError) else 0
-        if dead[index] >= 3:
-            log.error("actor %d is gone for good: %s", index, str(e).strip().splitlines()[0])
-            recovering.pop(index, None)
-            gone.add(index)
-        else:
-            recovering[index] = time.monotonic() + 1.0  # still restarting: ask again soon
-    else:
-        log.info("actor %d is back", index)
-        recovering.pop(index, None)
-        dead[index] = 0
+    return recovery.total_restarts
 
 
 def _poll_progress(board: Any, progress: ProgressReporter) -> None:

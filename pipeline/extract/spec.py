@@ -98,6 +98,10 @@ class ExtractionJob:
     # Shards handed to an actor at a time: the next one is read and decoded while the current
     # one computes, and a finished one is written while the next computes.
     shards_per_actor: int = 2
+    # Seconds to wait for the actors to start (GPUs an autoscaler must add, a model loaded
+    # from S3), and for a failed actor to be restarted, before giving up on it.
+    start_timeout_s: float = 1800.0
+    restart_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         check_uri(self.input)
@@ -105,12 +109,17 @@ class ExtractionJob:
         check_output_folder(self.output, self.input.rsplit("/", 1)[0], "input shards")
         if self.actors is not None and self.actors <= 0:
             raise ValueError(f"actors must be positive, got {self.actors}")
+        if self.max_shard_restarts < 0:
+            raise ValueError(f"max shard restarts must be >= 0, got {self.max_shard_restarts}")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
             raise ValueError(f"cpus per actor must be positive, got {self.cpus_per_actor}")
         if self.shards_per_actor <= 0:
             raise ValueError(f"shards per actor must be positive, got {self.shards_per_actor}")
         if self.device not in ("auto", "gpu", "cpu"):
             raise ValueError(f"device must be auto, gpu or cpu, got {self.device!r}")
+        for name in ("start_timeout_s", "restart_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_s', '').replace('_', ' ')} must be positive")
 
 
 def fingerprint(

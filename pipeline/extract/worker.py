@@ -293,7 +293,9 @@ class ShardWorker:
             out.descriptors.append(d.numpy())
             done += len(kept)
             report()
-            if failpoints.trigger("actor_crash_in_shard", stats.shard):
+            if failpoints.trigger("actor_crash_in_shard", stats.shard) or (
+                failpoints.armed("actor_crash_always_in_shard") == stats.shard
+            ):
                 os._exit(1)  # a hard crash mid-shard, after some work, before any output
         report(force=True)
         stats.wait_s = waited

@@ -2,7 +2,10 @@
 
 ``GLAM_FAILPOINTS="actor_crash_in_shard=000001;driver_exit_after_shards=1"`` arms failpoints;
 each fires once per (name, value), remembered by a flag file in ``GLAM_FAILPOINT_DIR``, so a
-re-run or a restarted actor proceeds normally.
+re-run or a restarted actor proceeds normally. ``actor_restart_delay_s=S`` is not a one-off:
+every restarted extraction actor sleeps S seconds before loading its model (a slow restart,
+as on a GPU node loading weights from S3); ``actor_crash_always_in_shard=ID`` crashes the
+actor on that shard every time (a shard that kills whatever processes it).
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ def armed_env() -> dict[str, str]:
     return {k: os.environ[k] for k in (ENV_SPEC, ENV_DIR) if k in os.environ}
 
 
-def trigger(name: str, value: str) -> bool:
-    """True the first time failpoint ``name`` is reached with ``value`` while armed."""
+def armed(name: str) -> str | None:
+    """The value failpoint ``name`` is armed with, every time it is asked (None: not armed)."""
     spec = os.environ.get(ENV_SPEC)
     if not spec:
-        return False
-    armed = dict(item.split("=", 1) for item in spec.split(";") if "=" in item)
-    if armed.get(name) != value:
+        return None
+    return dict(item.split("=", 1) for item in spec.split(";") if "=" in item).get(name)
+
+
+def trigger(name: str, value: str) -> bool:
+    """True the first time failpoint ``name`` is reached with ``value`` while armed."""
+    if armed(name) != value:
         return False
     flag = os.path.join(os.environ.get(ENV_DIR, "."), f"{name}-{value}.fired")
     try:

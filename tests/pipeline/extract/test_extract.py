@@ -75,6 +75,61 @@ def test_actor_killed_mid_shard_is_restarted_and_the_shard_requeued(
     assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
     assert (tmp_path / "actor_crash_in_shard-000001.fired").exists()  # it did crash
     assert_exactly_once(output, 3)
+    assert read_json(job_uri(output))["actor_restarts"] == 1
+
+
+def test_an_actor_that_restarts_slowly_is_waited_for_and_its_death_counted_once(
+    ray_local, shards, tmp_path, monkeypatch, caplog
+) -> None:
+    """The restarted actor sleeps 15 s before it loads the model: far longer than any retry
+    pacing, so every call sent meanwhile would fail. One crash is one death, whatever the
+    machine's speed: the shard is committed, never failed for 'actor died N times'."""
+    output = shards[0].rsplit("/", 2)[0] + "/runs/slow-restart"
+    monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_in_shard=000000;actor_restart_delay_s=15")
+    monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
+    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *ARGS]
+    with caplog.at_level(logging.INFO):
+        assert extract_main(args) == 0
+    assert (tmp_path / "actor_crash_in_shard-000000.fired").exists()
+    assert_exactly_once(output, 3)
+    job = read_json(job_uri(output))
+    assert job["actor_restarts"] == 1 and job["status"] == "succeeded"
+    assert len(re.findall(r"actor 0 was restarted \(pid \d+ -> \d+\)", caplog.text)) == 1
+
+
+def test_a_shard_that_kills_every_actor_fails_with_the_cause_and_the_others_complete(
+    ray_local, shards, tmp_path, monkeypatch, capsys
+) -> None:
+    output = shards[0].rsplit("/", 2)[0] + "/runs/poison"
+    monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_always_in_shard=000001")
+    monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
+    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *ARGS]
+    assert extract_main([*args, "--max-shard-restarts", "1"]) == 1
+    err = capsys.readouterr().err
+    # Two real deaths (one restart allowed), each counted once; Ray's reason follows.
+    found = re.search(r"failed shard: \S+000001.tar: actor died 2 times \(last: (.+)\)", err)
+    # The dead process's exit as Ray recorded it, not the closed connection of the call.
+    assert found and "exits with a connection error" in found.group(1), err[-2000:]
+    job = read_json(job_uri(output))
+    assert job["actor_restarts"] == 2
+    assert [s["shard"].rsplit("/", 1)[1] for s in job["failed_shards"]] == ["000001.tar"]
+    assert read_json(marker_uri(output, "000000")) and read_json(marker_uri(output, "000002"))
+
+
+def test_gpu_actors_on_a_cluster_without_gpus_fail_naming_the_shortfall(
+    ray_local, shards, capsys, caplog
+) -> None:
+    """--device gpu on a GPU-less cluster: said at once, and an error once the start timeout
+    is over (no GPU can ever come, so the outcome does not depend on the timeout's length)."""
+    output = shards[0].rsplit("/", 2)[0] + "/runs/no-gpu"
+    args = ["--input", shard_pattern(shards), "--output", output, *ARGS]
+    args += ["--device", "gpu", "--actors", "1", "--start-timeout-s", "1"]
+    with caplog.at_level(logging.WARNING):
+        assert extract_main(args) == 1
+    assert "1 GPU workers are asked for and the cluster has 0 GPU(s) now" in caplog.text
+    err = capsys.readouterr().err
+    assert "ActorStartError: 1 of 1 actors did not start within 1 s" in err
+    assert "use --device cpu" in err and "Traceback" not in err
 
 
 def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp_path) -> None:

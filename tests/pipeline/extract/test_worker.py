@@ -21,7 +21,7 @@ import pytest
 import torch
 from moto.server import ThreadedMotoServer
 
-from glam import ExtractConfig, GlamExtractor, build_glam, decode_image, preprocess
+from glam import ExtractConfig, GlamConfig, GlamExtractor, build_glam, decode_image, preprocess
 from pipeline.datasets.synthetic import encode, image, write_shards
 from pipeline.extract.decode import DecodedSample, SampleError
 from pipeline.extract.spec import ExtractionSpec
@@ -307,18 +307,16 @@ def test_progress_is_reported_in_images_during_the_shard(
     assert reports[-1].fraction == pytest.approx(1.0)
 
 
-def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
-    piped: ShardWorker, tmp_path: Path, monkeypatch
-) -> None:
-    """Images of 9 different sizes (few full batches), 60 of them: at no time do more than
-    prefetch + buckets + batches in flight + decode threads exist; none after the shard."""
+def _peak_images_alive(worker: ShardWorker, folder: Path, n: int, monkeypatch) -> int:
+    """The most decoded images alive at once while ``worker`` runs an ``n``-image shard of 9
+    different sizes (few full batches); checks none outlives the shard."""
     import pipeline.extract.worker as worker_module
     from pipeline.datasets.synthetic import encode, image
     from pipeline.io.shard_writer import tar_bytes
 
     rng = np.random.default_rng(0)
-    samples = [(f"k{i:03d}", {"jpg": encode(image(rng, 64 + 8 * (i % 9), 48))}) for i in range(60)]
-    shard = str(tmp_path / "000000.tar")
+    samples = [(f"k{i:03d}", {"jpg": encode(image(rng, 64 + 8 * (i % 9), 48))}) for i in range(n)]
+    shard = str(folder / f"{n:06d}.tar")
     write_bytes_atomic(shard, tar_bytes(iter(samples)))
     alive = [0]  # decoded images not yet collected (numpy arrays are not hashable: counted)
     real_decode = worker_module.decode_sample
@@ -339,19 +337,39 @@ def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
         peak[0] = max(peak[0], alive[0])
 
     monkeypatch.setattr(worker_module, "decode_sample", tracked)
-    piped.progress = progress
+    worker.progress = progress
     try:
-        stats = piped.process(shard, str(tmp_path / "out"))
+        stats = worker.process(shard, str(folder / "out"))
     finally:
-        piped.progress = None
-    assert stats.ok == 60
+        worker.progress = None
+        monkeypatch.undo()
+    assert stats.ok == n
+    gc.collect()
+    assert alive[0] == 0  # no image outlives its batch
+    return peak[0]
+
+
+def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A 50-image and a 500-image shard: at no time do more than prefetch + buckets + batches
+    in flight + decode threads exist, whatever the shard's size (the first version kept every
+    image of a shard until its end: +330 KB an image at 192 px)."""
+    # A small GLAM (ResNet18, one scale): what is measured is the data path, not the model.
+    model = build_glam(config=GlamConfig(backbone="resnet18", reduced_channels=16, dim=32))
+    extractor = GlamExtractor(model, ExtractConfig(image_size=IMAGE_SIZE, scales=(1.0,)))
+    worker = ShardWorker(PIPE_SPEC, device="cpu", name="memory", extractor=extractor)
+    worker.report_interval_s = 0.0
+    try:
+        small = _peak_images_alive(worker, tmp_path, 50, monkeypatch)
+        large = _peak_images_alive(worker, tmp_path, 500, monkeypatch)
+    finally:
+        worker.close()
     # Chunks queued (prefetch / chunk), one waiting to be queued and one being taken; the
     # buckets (at most prefetch); the batch computing and the next one.
     spec, chunk = PIPE_SPEC, CPU_DECODE_CHUNK
     bound = (max(1, spec.prefetch // chunk) + 2) * chunk + spec.prefetch + 2 * spec.batch_size
-    assert 0 < peak[0] <= bound < 60, (peak[0], bound)
-    gc.collect()
-    assert alive[0] == 0  # no image outlives its batch
+    assert 0 < small <= bound < 50 and 0 < large <= bound, (small, large, bound)
 
 
 def test_decode_gpu_without_cuda_decodes_on_the_cpu(caplog) -> None:

@@ -143,7 +143,7 @@ def test_extract_with_the_checkpoint_gives_the_trained_models_descriptors(
     out = f"s3://{trained.bucket}/descriptors"
     args = ["--input", f"{shards}/{{000000..000001}}.tar", "--output", out]
     weights = f"{trained.output}/glam.safetensors"
-    extra = ["--image-size", str(SIZE), "--scales", "1", "--batch-size", "4"]
+    extra = ["--image-size", str(SIZE), "--scales", "1", "--batch-size", "4", "--precision", "fp32"]
     assert extract_main([*args, "--weights", weights, *extra]) == 0
     fs, path = filesystem(out)
     table = ds.dataset(f"{path}/descriptors", filesystem=fs, format="parquet").to_table()
