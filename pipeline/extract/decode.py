@@ -112,7 +112,7 @@ def decode_sample(
         return members
     failed: list[tuple[str, SampleError]] = []
     for n, (ext, data) in enumerate(members):
-        item = decode_member(index, raw.key, data, image_size, max_pixels, draft_side)
+        item = decode_bytes(index, raw.key, data, image_size, max_pixels, draft_side)
         if isinstance(item, SampleError):
             failed.append((ext, item))
             continue
@@ -128,21 +128,6 @@ def sample_rows(item: Item) -> list[Item]:
     if isinstance(item, SampleError) or not item.other_members:
         return [item]
     return [replace(item, other_members=()), *item.other_members]
-
-
-def decode_member(
-    index: int,
-    key: str,
-    data: bytes,
-    image_size: int,
-    max_pixels: int,
-    draft_side: int | None = None,
-) -> Item:
-    """One image member's bytes decoded as the sample ``key`` (see ``decode_bytes``); an
-    ``empty`` error row for 0 bytes."""
-    if not data:
-        return _empty(index, key)
-    return decode_bytes(index, key, data, image_size, max_pixels, draft_side)
 
 
 def _empty(index: int, key: str) -> SampleError:
@@ -179,8 +164,10 @@ def decode_bytes(
     max_pixels: int,
     draft_side: int | None = None,
 ) -> Item:
-    """Decode one image's bytes as the sample ``key`` (see ``decode_sample``): the image, or an
-    ``oversized`` or ``undecodable`` error row."""
+    """Decode one image member's bytes as the sample ``key`` (see ``decode_sample``): the image,
+    or an ``empty``, ``oversized`` or ``undecodable`` error row."""
+    if not data:
+        return _empty(index, key)
     try:
         rgb, (width, height) = decode_rgb(data, max_pixels=max_pixels, draft_side=draft_side)
         x = pixels(resize_longer_side(rgb, image_size))  # (H, W, 4)
