@@ -3,7 +3,7 @@
 | module | job |
 | --- | --- |
 | ``spec`` | the job and spec dataclasses; the fingerprint that guards an output |
-| ``decode`` | one sample -> a preprocessed image or a typed error row |
+| ``decode`` | one sample -> an image or a typed error row, and a row per other image member |
 | ``batching`` | size buckets: only equal-size images share a batch |
 | ``worker`` | ``ShardWorker``: read/decode thread -> buckets -> GLAM -> Parquet -> marker |
 | ``stats`` | ``ShardStats`` (the commit marker's body), totals, metrics |

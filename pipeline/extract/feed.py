@@ -17,16 +17,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pipeline.extract.decode import DecodedSample, SampleError
+from pipeline.extract.decode import Item
 from pipeline.io.redact import redact_text
 from pipeline.io.shard_reader import RawSample, ShardFormatError, ShardStorageError, iter_shard
 from pipeline.io.shards import shard_id
 from pipeline.io.storage import filesystem
 from pipeline.runtime.producer import Producer
 
-Item = DecodedSample | SampleError
-# Decodes a chunk of (position, sample): every sample as an image or an error row, in order,
-# and how many of them were decoded on the device.
+# Decodes a chunk of (position, sample): every sample's rows (``decode.sample_rows``: an image or
+# an error row, then a row for each other image member), in order, and how many images were
+# decoded on the device.
 ChunkDecoder = Callable[[Sequence[tuple[int, RawSample]]], tuple[list[Item], int]]
 
 

@@ -6,7 +6,8 @@ The choice is made per sample from the JPEG's markers, read without decoding (``
 device takes 8-bit baseline or extended-sequential Huffman JPEGs with 1 or 3 components that
 end with an end-of-image marker. Everything else goes to the CPU: other formats, CMYK/YCCK and
 RGB-coded (Adobe transform 0) JPEGs, progressive, arithmetic-coded, lossless and 12-bit ones,
-truncated files, and images over the pixel limit (the CPU path makes their error rows). A batch
+truncated files, images over the pixel limit (the CPU path makes their error rows), and samples
+with several image members (the CPU path tries them in turn and makes a row for each). A batch
 the device decoder refuses is retried one sample at a time on the device, and a sample it still
 refuses is decoded on the CPU. The device images get the EXIF orientation and the antialiased
 longer-side resize on the device (``glam.preprocess.orient``, ``resize_uint8``).
@@ -28,7 +29,14 @@ import torch
 from PIL import Image
 
 from glam.preprocess import EXIF_ORIENTATION, orient, resize_uint8
-from pipeline.extract.decode import DecodedSample, SampleError, decode_bytes, image_bytes
+from pipeline.extract.decode import (
+    DecodedSample,
+    Item,
+    SampleError,
+    decode_sample,
+    image_bytes,
+    sample_rows,
+)
 from pipeline.io.shard_reader import RawSample
 
 log = logging.getLogger(__name__)
@@ -120,24 +128,37 @@ def exif_orientation(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class Routed:
-    """A sample the device decoder takes."""
+    """A sample the device decoder takes (its one image member's bytes and header)."""
 
     index: int
-    key: str
+    raw: RawSample
     data: bytes
     header: JpegHeader
+
+    @property
+    def key(self) -> str:
+        return self.raw.key
+
+
+SEVERAL_IMAGES = "several image members"
 
 
 def route(
     samples: Sequence[tuple[int, RawSample]], max_pixels: int
-) -> tuple[list[Routed], list[tuple[int, str, bytes]], list[SampleError], dict[str, int]]:
-    """Split samples into those for the device, those for the CPU (index, key, bytes), and error
-    rows of samples without image bytes; with the count of CPU samples per reason."""
+) -> tuple[list[Routed], list[tuple[int, RawSample]], list[SampleError], dict[str, int]]:
+    """Split samples into those for the device, those for the CPU path (``decode_sample``), and
+    error rows of samples without image bytes; with the count of CPU samples per reason.
+    Samples with several image members go to the CPU path, which decides which member gives
+    the descriptor and makes the others' rows."""
     device: list[Routed] = []
-    cpu: list[tuple[int, str, bytes]] = []
+    cpu: list[tuple[int, RawSample]] = []
     errors: list[SampleError] = []
     reasons: dict[str, int] = {}
     for index, raw in samples:
+        if raw.problem is None and len(raw.image_members()) > 1:
+            cpu.append((index, raw))
+            reasons[SEVERAL_IMAGES] = reasons.get(SEVERAL_IMAGES, 0) + 1
+            continue
         data = image_bytes(index, raw)
         if isinstance(data, SampleError):
             errors.append(data)
@@ -145,9 +166,9 @@ def route(
         header = read_header(data)
         why = device_refusal(data, header, max_pixels)
         if why is None and header is not None:
-            device.append(Routed(index, raw.key, data, header))
+            device.append(Routed(index, raw, data, header))
         else:
-            cpu.append((index, raw.key, data))
+            cpu.append((index, raw))
             reasons[why or "?"] = reasons.get(why or "?", 0) + 1
     return device, cpu, errors, reasons
 
@@ -188,28 +209,26 @@ class DeviceJpegDecoder:
         self._lock = threading.Lock()
         self._stream: Any = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def decode(
-        self, samples: Sequence[tuple[int, RawSample]]
-    ) -> tuple[list[DecodedSample | SampleError], int]:
-        """Every sample as an image or an error row, in the order given; and how many of them
-        the device decoded."""
+    def decode(self, samples: Sequence[tuple[int, RawSample]]) -> tuple[list[Item], int]:
+        """Every sample's rows (an image or an error row, then the rows of its other image
+        members: ``sample_rows``), in the order given; and how many images the device
+        decoded."""
         device, cpu, out, reasons = route(samples, self.max_pixels)
-        results: list[DecodedSample | SampleError] = list(out)
+        results: list[Item] = list(out)
         if reasons:
             log.debug("decoded on the CPU: %s", reasons)
         images = self._on_device(device) if device else {}
         for r in device:
             if r.index not in images:
-                cpu.append((r.index, r.key, r.data))
+                cpu.append((r.index, r.raw))
                 continue
             x, swapped = images[r.index]
             w, h = r.header.width, r.header.height
             results.append(DecodedSample(r.index, r.key, x, *((h, w) if swapped else (w, h))))
-        for index, key, data in cpu:
-            results.append(
-                decode_bytes(index, key, data, self.image_size, self.max_pixels, self.draft_side)
-            )
-        results.sort(key=lambda item: item.index)
+        for index, raw in cpu:
+            item = decode_sample(index, raw, self.image_size, self.max_pixels, self.draft_side)
+            results.extend(sample_rows(item))
+        results.sort(key=lambda item: item.index)  # stable: a sample's rows stay in order
         return results, len(images)
 
     def _on_device(self, routed: list[Routed]) -> dict[int, tuple[torch.Tensor, bool]]:

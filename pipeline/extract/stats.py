@@ -20,7 +20,9 @@ class ShardStats:
     shard: str  # shard id, e.g. "000123"
     source: str  # shard URI
     status: ShardStatus = "committed"
-    samples: int = 0  # ok + errors: every sample of the shard
+    # ok + errors: the rows of the two files, i.e. every sample of the shard and every other
+    # image member of one (an ``extra_image`` row, or the row of a member that did not decode)
+    samples: int = 0
     ok: int = 0  # descriptors written
     errors: int = 0  # error rows written
     errors_by_type: dict[str, int] = field(default_factory=dict)

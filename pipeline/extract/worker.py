@@ -36,7 +36,7 @@ import glam
 from glam import ExtractConfig, GlamExtractor, build_glam
 from glam.extract import Pixels, resolve_precision, select_device
 from pipeline.extract.batching import SizeBuckets
-from pipeline.extract.decode import DecodedSample, SampleError, decode_sample
+from pipeline.extract.decode import DecodedSample, SampleError, decode_sample, sample_rows
 from pipeline.extract.feed import (
     ChunkDecoder,
     DecodePool,
@@ -166,7 +166,11 @@ class ShardWorker:
 
         def on_cpu(samples: Sequence[tuple[int, RawSample]]) -> tuple[list[Item], int]:
             items = [
-                decode_sample(i, raw, spec.image_size, spec.max_pixels, side) for i, raw in samples
+                row
+                for i, raw in samples
+                for row in sample_rows(
+                    decode_sample(i, raw, spec.image_size, spec.max_pixels, side)
+                )
             ]
             return items, 0
 

@@ -14,7 +14,13 @@ from pipeline.datasets.synthetic import (
     photo,
 )
 from pipeline.extract.batching import SizeBuckets
-from pipeline.extract.decode import DecodedSample, SampleError, decode_sample, pixels
+from pipeline.extract.decode import (
+    DecodedSample,
+    SampleError,
+    decode_sample,
+    pixels,
+    sample_rows,
+)
 from pipeline.io.shard_reader import RawSample
 
 
@@ -41,6 +47,59 @@ def test_pixel_limit_is_configurable() -> None:
     assert isinstance(decode_sample(0, raw, 64, 90 * 60), DecodedSample)
     out = decode_sample(0, raw, 64, 90 * 60 - 1)
     assert isinstance(out, SampleError) and out.error == "oversized"
+
+
+def test_a_second_image_member_is_an_extra_image_row() -> None:
+    """``photo.2023.jpg`` and ``photo.2024.jpg``: one sample, a descriptor and an error row."""
+    rng = np.random.default_rng(5)
+    first, second = encode(image(rng, 90, 60)), encode(image(rng, 60, 90))
+    raw = RawSample("photo", {"2023.jpg": first, "2024.jpg": second})
+    rows = sample_rows(decode_sample(3, raw, 64, 10_000_000))
+    assert [type(r) for r in rows] == [DecodedSample, SampleError]
+    sample, extra = rows
+    assert isinstance(sample, DecodedSample) and isinstance(extra, SampleError)
+    assert (sample.index, sample.key, sample.width, sample.height) == (3, "photo", 90, 60)
+    assert (extra.index, extra.key, extra.error) == (3, "photo.2024.jpg", "extra_image")
+    assert "photo" in extra.message and "2023.jpg" in extra.message
+
+
+def test_a_corrupt_member_falls_back_to_the_next_image_member() -> None:
+    """A corrupt ``x.jpg`` next to a valid ``x.png``: the descriptor is the PNG's, and the JPEG
+    is an error row of its own type keyed by its member name."""
+    rng = np.random.default_rng(6)
+    png = encode(image(rng, 90, 60), "PNG")
+    raw = RawSample("x", {"jpg": rng.bytes(2000), "png": png, "cls": b"1"})
+    out = decode_sample(0, raw, 64, 10_000_000)
+    assert isinstance(out, DecodedSample) and (out.key, out.width, out.height) == ("x", 90, 60)
+    only_png = decode_sample(0, RawSample("x", {"png": png}), 64, 10_000_000)
+    assert isinstance(only_png, DecodedSample)
+    assert np.array_equal(out.image, only_png.image)
+    rows = sample_rows(out)
+    assert [(r.key, getattr(r, "error", None)) for r in rows] == [
+        ("x", None),
+        ("x.jpg", "undecodable"),
+    ]
+    assert all(r.index == 0 for r in rows)
+
+
+def test_a_sample_whose_members_all_fail_is_one_row_naming_each_failure() -> None:
+    rng = np.random.default_rng(7)
+    raw = RawSample("y", {"png": b"", "jpg": rng.bytes(2000), "0.webp": b"RIFF"})
+    rows = sample_rows(decode_sample(4, raw, 64, 10_000_000))
+    assert len(rows) == 1
+    (row,) = rows
+    assert isinstance(row, SampleError)
+    assert (row.index, row.key, row.error) == (4, "y", "undecodable")  # the first member's type
+    for part in ("jpg: undecodable", "png: empty", "0.webp: undecodable"):
+        assert part in row.message, row.message
+
+
+def test_a_single_image_member_keeps_its_own_row() -> None:
+    """One image member: the same row as before members were tried in turn."""
+    out = decode_sample(1, RawSample("k", {"jpg": b"\xff\xd8 not a jpeg", "txt": b"t"}), 64, 10**7)
+    assert sample_rows(out) == [out]
+    assert isinstance(out, SampleError) and out.key == "k" and out.error == "undecodable"
+    assert not out.message.startswith("jpg")
 
 
 def _sample(i: int, h: int, w: int) -> DecodedSample:

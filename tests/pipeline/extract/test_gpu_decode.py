@@ -11,7 +11,7 @@ from PIL import Image
 
 from glam.preprocess import EXIF_ORIENTATION
 from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, bad_sample, encode, odd_mode, photo
-from pipeline.extract.decode import DecodedSample, SampleError, decode_sample
+from pipeline.extract.decode import DecodedSample, SampleError, decode_sample, sample_rows
 from pipeline.extract.gpu_decode import (
     DeviceJpegDecoder,
     device_refusal,
@@ -120,6 +120,29 @@ def test_routing_splits_by_what_the_device_takes() -> None:
     assert {e.key for e in errors} == {"bad_empty", "bad_no_image"}
     assert "progressive" in reasons and "CMYK/YCCK" in reasons
     assert len(device) + len(cpu) + len(errors) == len(samples())
+
+
+def test_samples_with_several_image_members_take_the_cpu_path() -> None:
+    """Two baseline JPEGs in one sample: the CPU path decides which gives the descriptor and
+    makes the other's row, so the rows are those of CPU decode; one-image samples still go to
+    the device."""
+    two = RawSample("photo", {"2023.jpg": jpeg(picture(1)), "2024.jpg": jpeg(picture(2))})
+    chunk = [(0, two), (1, RawSample("solo", {"jpg": jpeg(picture(3))}))]
+    device, cpu, errors, reasons = route(chunk, MAX_PIXELS)
+    assert [r.key for r in device] == ["solo"]
+    assert [(i, raw.key) for i, raw in cpu] == [(0, "photo")]
+    assert errors == [] and reasons == {"several image members": 1}
+    decoder = DeviceJpegDecoder(torch.device("cpu"), SIZE, MAX_PIXELS, None)
+    items, on_device = decoder.decode(chunk)
+    assert on_device == 1
+    expected = sample_rows(decode_sample(0, two, SIZE, MAX_PIXELS))
+    assert [(type(x), x.index, x.key) for x in items] == [
+        *((type(x), x.index, x.key) for x in expected),
+        (DecodedSample, 1, "solo"),
+    ]
+    assert items[1] == expected[1] and items[1].key == "photo.2024.jpg"
+    assert isinstance(items[0], DecodedSample) and isinstance(expected[0], DecodedSample)
+    assert np.array_equal(items[0].image, expected[0].image)
 
 
 def assert_same_as_cpu_decode(items: list, tol_mean: float, tol_max: float) -> None:
