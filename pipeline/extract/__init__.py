@@ -4,11 +4,14 @@
 | --- | --- |
 | ``spec`` | the job and spec dataclasses; the fingerprint that guards an output |
 | ``decode`` | one sample -> an image or a typed error row, and a row per other image member |
+| ``gpu_decode`` | ``--decode gpu``: JPEGs batched through nvjpeg, the rest routed to the CPU |
+| ``feed`` | a shard read and decoded in parallel threads, handed over in shard order |
 | ``batching`` | size buckets: only equal-size images share a batch |
-| ``worker`` | ``ShardWorker``: read/decode thread -> buckets -> GLAM -> Parquet -> marker |
+| ``worker`` | ``ShardWorker``: feed -> buckets -> GLAM (one compute thread) -> Parquet -> marker |
 | ``stats`` | ``ShardStats`` (the commit marker's body), totals, metrics |
 | ``actors`` | the Ray actor around the worker |
-| ``driver`` | list, skip committed, schedule, re-queue after actor death, ``_job.json`` |
+| ``recovery`` | failed actors waited for; deaths counted by real restarts |
+| ``driver`` | list, skip committed, start actors, schedule, re-queue, ``_job.json`` |
 | ``summary`` | an output read back through DuckDB |
 
 Per shard: descriptors file, errors file (both atomic), then the marker ``_shards/<id>.json``

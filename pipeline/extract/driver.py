@@ -338,12 +338,19 @@ def _run_shards(
     the actor restarts seen. Every actor holds up to ``shards_per_actor`` shards; idle actors
     are served first. An actor whose call failed gets no shards until it is back, and the
     shards it held wait for it: a death is counted when its restart is seen
-    (``pipeline.extract.recovery``), not for each call that failed meanwhile."""
+    (``pipeline.extract.recovery``), not for each call that failed meanwhile.
+
+    Which of an actor's shards killed it is unknown, so a death counts only against a shard
+    that ran alone: the shards held by a dying actor are re-run each alone on an actor (a
+    bystander then commits, a shard that kills every actor fails after
+    ``max_shard_restarts`` deaths of its own)."""
     pending = deque(todo)
     deaths: Counter[str] = Counter()
     dispatches: Counter[str] = Counter()
     load = [0] * len(actors)
-    in_flight: dict[Any, tuple[int, str, int]] = {}  # ref -> actor, shard, dispatch
+    in_flight: dict[Any, tuple[int, str, int, int]] = {}  # ref -> actor, shard, dispatch, load
+    alone: set[str] = set()  # shards that run alone on an actor from now on
+    running_alone: set[str] = set()  # those of them in flight
     recovery = ActorRecovery(actors, [w.pid for w in workers], job.restart_timeout_s)
     progress = ProgressReporter(len(todo))
     last_poll = time.monotonic()
@@ -357,7 +364,11 @@ def _run_shards(
     def settle(r: Recovery) -> None:
         """Count the recovered (or retired) actor's death on the shards it held; requeue them."""
         for shard in reversed(r.shards):  # back to the front of the queue, in their order
-            deaths[shard] += r.restarts
+            if shard in running_alone:
+                running_alone.discard(shard)
+                deaths[shard] += r.restarts
+            elif r.restarts:
+                alone.add(shard)  # it may be the culprit or a bystander: run it alone
             if deaths[shard] > job.max_shard_restarts:
                 finish(_failed(shard, f"actor died {deaths[shard]} times (last: {r.cause})"))
             else:
@@ -371,13 +382,17 @@ def _run_shards(
             serving = recovery.serving()
             while pending and serving:
                 index = min(serving, key=load.__getitem__)
-                if load[index] >= job.shards_per_actor:
+                shard = pending[0]
+                weight = job.shards_per_actor if shard in alone else 1  # alone: fills it
+                if load[index] + weight > job.shards_per_actor:
                     break
-                shard = pending.popleft()
+                pending.popleft()
                 dispatches[shard] += 1
-                load[index] += 1
+                load[index] += weight
+                if shard in alone:
+                    running_alone.add(shard)
                 ref = actors[index].process.remote(shard, job.output, dispatches[shard])
-                in_flight[ref] = (index, shard, dispatches[shard])
+                in_flight[ref] = (index, shard, dispatches[shard], weight)
             if not serving and not recovery.recovering and not in_flight:
                 why = "; ".join(sorted(set(recovery.retired.values())))
                 while pending:
@@ -395,8 +410,8 @@ def _run_shards(
                     if settled is not None:
                         settle(settled)
                     continue
-                index, shard, dispatch = in_flight.pop(ref)
-                load[index] -= 1
+                index, shard, dispatch, weight = in_flight.pop(ref)
+                load[index] -= weight
                 board.drop.remote(shard_id(shard), dispatch)
                 try:
                     stats: ShardStats = ray.get(ref)
@@ -407,6 +422,7 @@ def _run_shards(
                     continue
                 except ray.exceptions.RayTaskError as e:
                     stats = _failed(shard, str(e).strip().splitlines()[-1][:500])
+                running_alone.discard(shard)
                 finish(stats)
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards

@@ -56,7 +56,7 @@ def exit_detail(pid: int) -> str:
         rows = state.state._connect_and_get_accessor().get_worker_table()
         ended = [
             w
-            for w in (gcs_pb2.WorkerTableData.FromString(raw) for raw in rows)
+            for w in (gcs_pb2.WorkerTableData.FromString(raw) for raw in rows)  # type: ignore[attr-defined]
             if w.pid == pid and not w.is_alive and w.exit_detail
         ]
     except Exception as e:  # an internal API: a Ray upgrade may move it
