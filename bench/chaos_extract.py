@@ -1,11 +1,12 @@
 """Chaos run: an extraction killed again and again, re-run each time, must end exactly once.
 
 A dedicated `ray start --head` cluster runs `jobs/extract.py` over generated shards (every bad
-sample kind included). A seeded random schedule kills, at random moments, either the driver
-(SIGKILL of the job process: the re-run resumes) or a random ShardActor process (SIGKILL: Ray
-restarts it, the driver re-queues its shard). After each round the committed output is checked:
-no duplicate descriptor, no sample in both files, every committed shard complete. At the end
-every sample of every shard is in the output exactly once. Prints the kills survived.
+sample kind included). A seeded random schedule kills, at random moments, up to three times a
+run, either the driver (SIGKILL of the job process: the re-run resumes) or a random ShardActor
+process (SIGKILL: Ray restarts it, the driver waits for it and re-queues its shards). After each
+run the committed output is checked: no duplicate descriptor, no sample in both files, every
+committed shard complete. Once an output is complete, a re-run must do nothing and every sample
+be in it exactly once; then a new output starts, until ``--rounds`` kills were survived.
 
     .venv/bin/python bench/chaos_extract.py [--rounds 12 --shards 10 --images 6 --seed 7]
 
@@ -125,7 +126,7 @@ def actor_pids() -> list[int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=12, help="kills to attempt")
+    p.add_argument("--rounds", type=int, default=12, help="kills to survive")
     p.add_argument("--shards", type=int, default=10)
     p.add_argument("--images", type=int, default=6, help="valid images per shard")
     p.add_argument("--seed", type=int, default=7)
@@ -135,7 +136,7 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="glam-chaos-")
     head, address = start_head(os.path.join(root, "ray"))
     shards = f"{root}/shards"
-    output = f"{root}/out"
+    output = f"{root}/out"  # the command's template: each episode has its own output
     write_shards(shards, args.shards, args.images, size=(96, 72), bad=tuple(BAD_KINDS),
                  odd=ODD_MODES, seed=args.seed)  # fmt: skip
     cmd = [
@@ -145,52 +146,65 @@ def main() -> int:
         "--ray-address", address, "--actors", "2",
     ]  # fmt: skip
     survived = {"driver": 0, "actor": 0}
-    runs = 0
+    runs, episodes, kills = 0, 0, 0
     t0 = time.monotonic()
+
+    def command(output: str) -> list[str]:
+        return [*cmd[:5], output, *cmd[6:]]
+
     try:
-        for round_ in range(args.rounds):
-            before = len(committed(output, args.shards))
-            if before == args.shards:
-                break
-            victim = "driver" if rng.random() < 0.5 else "actor"
-            # A random point of the run: after a random number of further shard commits (0:
-            # while actors start), plus a random fraction of a second.
-            target = before + int(rng.integers(0, args.shards - before))
-            extra = float(rng.uniform(0.0, 1.0))
-            job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            runs += 1
-            while job.poll() is None and len(committed(output, args.shards)) < target:
-                time.sleep(0.1)
-            time.sleep(extra)
-            killed = False
-            if job.poll() is None:
-                if victim == "driver":
-                    job.send_signal(signal.SIGKILL)
-                    killed = True
-                else:
-                    pids = actor_pids()
-                    if pids:
+        while kills < args.rounds:
+            # An episode: one output, run again and again under kills until it is complete.
+            output = f"{root}/out-{episodes}"
+            episodes += 1
+            while len(committed(output, args.shards)) < args.shards:
+                job = subprocess.Popen(
+                    command(output), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
+                runs += 1
+                what = []
+                # Up to 3 kills in this run, each at a random point: after a random number of
+                # further shard commits (0: while actors start) plus a random fraction of a
+                # second. An actor kill lets the run go on; a driver kill ends it.
+                for _ in range(int(rng.integers(1, 4))):
+                    before = len(committed(output, args.shards))
+                    target = before + int(rng.integers(0, args.shards - before + 1))
+                    victim = "driver" if rng.random() < 0.4 else "actor"
+                    while job.poll() is None and len(committed(output, args.shards)) < target:
+                        time.sleep(0.1)
+                    time.sleep(float(rng.uniform(0.0, 1.0)))
+                    if job.poll() is not None:
+                        break
+                    if victim == "driver":
+                        job.send_signal(signal.SIGKILL)
+                    else:
+                        pids = actor_pids()
+                        if not pids:
+                            continue
                         os.kill(int(rng.choice(pids)), signal.SIGKILL)
-                        killed = True
-                survived[victim] += killed
-            code = job.wait(timeout=1800)
-            err = job.stderr.read().decode() if job.stderr else ""
-            if code not in (0, -signal.SIGKILL):
-                print(f"round {round_}: the job failed ({code}):\n{err[-3000:]}")
+                    survived[victim] += 1
+                    kills += 1
+                    what.append(f"{victim} after {target - before} more commits")
+                    if victim == "driver":
+                        break
+                code = job.wait(timeout=1800)
+                err = job.stderr.read().decode() if job.stderr else ""
+                if code not in (0, -signal.SIGKILL):
+                    print(f"episode {episodes}: the job failed ({code}):\n{err[-3000:]}")
+                    return 1
+                check_output(output, args.shards, args.images, final=False)
+                print(
+                    f"episode {episodes}, run {runs}: killed {', '.join(what) or 'nothing'} "
+                    f"-> exit {code}, {len(committed(output, args.shards))}/{args.shards} "
+                    "shards committed",
+                    flush=True,
+                )
+            final = subprocess.run(command(output), capture_output=True, text=True, timeout=1800)
+            runs += 1
+            if final.returncode != 0 or " 0 done" not in final.stdout:
+                print(final.stdout[-1000:], final.stderr[-3000:])
                 return 1
-            check_output(output, args.shards, args.images, final=False)
-            what = f"{victim} killed after {target - before} more commits" if killed else "no kill"
-            print(
-                f"round {round_}: {what} -> exit {code}, "
-                f"{len(committed(output, args.shards))}/{args.shards} shards committed",
-                flush=True,
-            )
-        final = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        runs += 1
-        if final.returncode != 0:
-            print(final.stderr[-3000:])
-            return 1
-        check_output(output, args.shards, args.images, final=True)
+            check_output(output, args.shards, args.images, final=True)
     finally:
         import ray
 
@@ -199,8 +213,9 @@ def main() -> int:
         head.wait(timeout=120)
         shutil.rmtree(root, ignore_errors=True)
     print(
-        f"exactly once after {survived['driver']} driver kills and {survived['actor']} actor "
-        f"kills survived, {runs} runs, {time.monotonic() - t0:.0f}s (seed {args.seed})"
+        f"exactly once in {episodes} outputs after {survived['driver']} driver kills and "
+        f"{survived['actor']} actor kills survived, {runs} runs, {time.monotonic() - t0:.0f}s "
+        f"(seed {args.seed})"
     )
     return 0
 

@@ -7,6 +7,7 @@ search in one process or across Ray actors, with the same answers.
 | ``params`` | search settings (nprobe, k_factor) and serving settings (actors, placement) |
 | ``config`` | ``IndexBuildConfig``: which fields make the shards' content |
 | ``plan`` | up to date, incremental or full: decided from the inputs and LATEST (no FAISS) |
+| ``shard_files`` | a shard's rows streamed in batches; its FAISS file and id table, atomically |
 | ``build`` | training, shard builds as Ray tasks, manifest, then LATEST |
 | ``gpu`` | FAISS on the GPU: k-means and coarse assignment, GPU copies for search |
 | ``shard`` | one shard in memory: its candidates, re-scoring, exact counts, keys |

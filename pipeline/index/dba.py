@@ -26,9 +26,9 @@ from collections.abc import Callable
 
 import faiss
 
-from pipeline.index.build import file_batches, save_index
 from pipeline.index.expansion import DbaConfig, alpha_expand, drop_self
 from pipeline.index.search import ShardedIndex
+from pipeline.index.shard_files import file_batches, save_index
 from pipeline.index.versions import DbaRecord, IndexManifest, shard_file
 from pipeline.index.whitening import Whitening
 from pipeline.runtime.memory import peak_rss_bytes
