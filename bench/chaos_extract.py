@@ -83,6 +83,7 @@ def start_head(temp: str) -> tuple[subprocess.Popen[bytes], str]:
     ]  # fmt: skip
     name, value = RUN_MARK.decode().split("=", 1)
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", name: value}
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # SIGTERM at the end: no 30 s drain
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     import ray

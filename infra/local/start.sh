@@ -18,7 +18,8 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=local \
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE_DIR/moto.log" 2>&1 &
 echo $! >"$STATE_DIR/moto.pid"
 
-PATH="$PWD/$VENV/bin:$PATH" setsid "$VENV/bin/ray" start --head --block \
+# Stopped by SIGTERM (stop.sh): no 30 s drain, which only serves Ray Serve replicas.
+RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 PATH="$PWD/$VENV/bin:$PATH" setsid "$VENV/bin/ray" start --head --block \
     --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
     --num-cpus="$(nproc)" --disable-usage-stats >"$STATE_DIR/ray.log" 2>&1 &
 echo $! >"$STATE_DIR/ray.pid"

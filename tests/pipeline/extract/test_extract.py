@@ -81,11 +81,11 @@ def test_actor_killed_mid_shard_is_restarted_and_the_shard_requeued(
 def test_an_actor_that_restarts_slowly_is_waited_for_and_its_death_counted_once(
     ray_local, shards, tmp_path, monkeypatch, caplog
 ) -> None:
-    """The restarted actor sleeps 15 s before it loads the model: far longer than any retry
+    """The restarted actor sleeps 10 s before it loads the model: far longer than any retry
     pacing, so every call sent meanwhile would fail. One crash is one death, whatever the
     machine's speed: the shard is committed, never failed for 'actor died N times'."""
     output = shards[0].rsplit("/", 2)[0] + "/runs/slow-restart"
-    monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_in_shard=000000;actor_restart_delay_s=15")
+    monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_in_shard=000000;actor_restart_delay_s=10")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
     args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *ARGS]
     with caplog.at_level(logging.INFO):
