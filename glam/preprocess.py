@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from collections.abc import Callable
 
@@ -27,6 +28,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Larger images are refused before their pixels are decoded (decompression bombs).
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
 EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how to turn the stored pixels upright
+
+
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class ImageDecodeError(ValueError):
@@ -107,7 +111,10 @@ def _decode(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"decompression bomb: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageDecodeError(f"{type(e).__name__}: {e}") from e
+        # PIL names the in-memory file by its address ("<_io.BytesIO object at 0x…>"): noise
+        # that differs on every run, replaced by what it is.
+        message = _OBJECT_ADDRESS.sub("the image bytes", str(e))
+        raise ImageDecodeError(f"{type(e).__name__}: {message}") from e
     return img
 
 
