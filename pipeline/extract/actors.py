@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,8 +56,11 @@ class ShardActor:
     """The Ray actor: builds the model once in ``__init__``, then processes whole shards."""
 
     def __init__(
-        self, spec: ExtractionSpec, index: int, num_cpus: float, board: Any = None
+        self, spec: ExtractionSpec, index: int, num_cpus: float, board: str | None = None
     ) -> None:
+        """``board``: the name of the job's progress board (a name, not a handle: a handle
+        among an actor's constructor arguments sits in the object store, where Ray cannot
+        always find it again to restart the actor, ray-project/ray#53727)."""
         import torch
 
         from pipeline.extract.worker import ShardWorker
@@ -69,15 +74,19 @@ class ShardActor:
         device = "cuda" if torch.cuda.is_available() else "cpu"  # CUDA_VISIBLE_DEVICES by Ray
         self.num_cpus = num_cpus
 
-        def report(progress: UnitProgress) -> None:
-            board.report.remote(progress)  # fire and forget: never waits, never fails a shard
+        report: Callable[[UnitProgress], None] | None = None
+        if board is not None:
+            handle = ray.get_actor(board)
+
+            def report(progress: UnitProgress) -> None:
+                handle.report.remote(progress)  # fire and forget: never waits or fails a shard
 
         self.worker = ShardWorker(
             spec,
             device=device,
             name=f"actor-{index}",
             cpus=cpus,
-            progress=report if board is not None else None,
+            progress=report,
         )
 
     def info(self) -> ActorInfo:
@@ -107,12 +116,14 @@ def cpus_per_gpu(nodes: list[dict[str, Any]]) -> int | None:
     return max(1, min(shares)) if shares else None
 
 
-def create_board() -> Any:
-    return ray.remote(ProgressBoard).options(num_cpus=0).remote()
+def create_board() -> tuple[Any, str]:
+    """The job's progress board and its name (unique to this run), which actors look up."""
+    name = f"glam-extract-progress-{uuid.uuid4().hex[:12]}"
+    return ray.remote(ProgressBoard).options(num_cpus=0, name=name).remote(), name
 
 
 def create_actors(
-    spec: ExtractionSpec, plan: WorkerPlan, board: Any, shards_per_actor: int
+    spec: ExtractionSpec, plan: WorkerPlan, board: str | None, shards_per_actor: int
 ) -> list[Any]:
     remote_cls = ray.remote(ShardActor).options(
         num_gpus=1 if plan.use_gpu else 0,

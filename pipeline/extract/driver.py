@@ -223,8 +223,8 @@ def _extract(
     }
     new_stats: list[ShardStats] = []
     if todo:
-        board = create_board()
-        actors, workers = _start_actors(job, board)
+        board, board_name = create_board()
+        actors, workers = _start_actors(job, board, board_name)
         try:
             record["fingerprint"] = resolved_fingerprint(job.output, fp, workers, precisions)
             record["workers"] = [w.record() for w in workers]
@@ -252,7 +252,9 @@ def _extract(
     return result
 
 
-def _start_actors(job: ExtractionJob, board: Any) -> tuple[list[Any], list[ActorInfo]]:
+def _start_actors(
+    job: ExtractionJob, board: Any, board_name: str
+) -> tuple[list[Any], list[ActorInfo]]:
     """Plan, start and ask every actor what it runs on (each loads the model first)."""
     per_gpu = cpus_per_gpu(ray.nodes()) or MAX_CPUS_PER_GPU_ACTOR
     plan = plan_workers(ray.cluster_resources(), job.actors, job.device, per_gpu, "--actors")
@@ -267,7 +269,7 @@ def _start_actors(job: ExtractionJob, board: Any) -> tuple[list[Any], list[Actor
     lacking = shortfall(plan, ray.cluster_resources())
     if lacking:
         log.warning("%s", lacking)
-    actors = create_actors(job.spec, plan, board, job.shards_per_actor)
+    actors = create_actors(job.spec, plan, board_name, job.shards_per_actor)
     try:
         workers = _wait_started(actors, plan, job.start_timeout_s)
     except BaseException:
