@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from pipeline.index.query import search
         from pipeline.index.query_image import describe_images
-        from pipeline.index.search import open_index
+        from pipeline.index.serving import open_index
         from pipeline.io.descriptor_reader import read_descriptors
 
         options = query_options(args)

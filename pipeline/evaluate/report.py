@@ -18,7 +18,8 @@ from pipeline.evaluate.postprocess import (
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
 from pipeline.index.params import ServingConfig
-from pipeline.index.search import SearchableIndex, open_index
+from pipeline.index.search import SearchableIndex
+from pipeline.index.serving import open_index
 from pipeline.io.descriptor_reader import read_descriptors
 
 log = logging.getLogger(__name__)

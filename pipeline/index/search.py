@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import Protocol, Self
 
 import faiss
 import numpy as np
@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.index import gpu
 from pipeline.index.config import is_exact, is_refined
 from pipeline.index.merge import Merged, merge, rerank
-from pipeline.index.params import SearchParams, ServingConfig
+from pipeline.index.params import SearchParams
 from pipeline.index.shard import (
     Candidates,
     IndexShard,
@@ -38,14 +38,11 @@ from pipeline.index.shard import (
     read_id_table,
     read_shard_index,
 )
+from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import IndexManifest, read_latest, read_manifest
 from pipeline.index.whitening import Whitening
 from pipeline.io.storage import join, read_bytes
 from pipeline.runtime.records import check_fingerprint
-
-if TYPE_CHECKING:
-    from pipeline.index.serving import DistributedIndex
-    from pipeline.index.vectors import StoredVectors
 
 __all__ = [
     "SearchResult",
@@ -53,7 +50,6 @@ __all__ = [
     "ShardedIndex",
     "VersionIndex",
     "flat_topk",
-    "open_index",
 ]
 
 log = logging.getLogger(__name__)
@@ -419,21 +415,4 @@ class ShardedIndex(VersionIndex):
 
     def stored_vectors(self) -> StoredVectors:
         """The held shards' stored vectors by global id (αQE, DBA, re-ranking)."""
-        from pipeline.index.vectors import StoredVectors
-
-        return StoredVectors(self)
-
-
-def open_index(
-    output: str,
-    version: str | None = None,
-    serving: ServingConfig | None = None,
-    use_gpu: bool | None = None,
-) -> ShardedIndex | DistributedIndex:
-    """The version in this process, or, with ``serving``, spread over Ray actors (the caller
-    has connected to Ray). Close it (or use ``with``) to stop the actors."""
-    if serving is None:
-        return ShardedIndex.load(output, version, use_gpu=use_gpu)
-    from pipeline.index.serving import DistributedIndex
-
-    return DistributedIndex.start(output, version, serving, use_gpu=use_gpu)
+        return StoredVectors(self.shards, self.ids, int(self.manifest.dim), self.shard_vectors)

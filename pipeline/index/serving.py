@@ -243,3 +243,16 @@ class ActorVectors:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text
+
+
+def open_index(
+    output: str,
+    version: str | None = None,
+    serving: ServingConfig | None = None,
+    use_gpu: bool | None = None,
+) -> ShardedIndex | DistributedIndex:
+    """The version in this process, or, with ``serving``, spread over Ray actors (the caller
+    has connected to Ray). Close it (or use ``with``) to stop the actors."""
+    if serving is None:
+        return ShardedIndex.load(output, version, use_gpu=use_gpu)
+    return DistributedIndex.start(output, version, serving, use_gpu=use_gpu)

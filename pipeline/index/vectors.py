@@ -5,31 +5,39 @@ reconstruction (lossy) for compressed ones (PQ, SQ)."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
 
-from pipeline.index.search import ShardedIndex
-
 
 class StoredVectors:
     """``vectors(ids)`` of a loaded version (or of the shards an actor holds: ``gather``); -1
-    ids give zero vectors."""
+    ids give zero vectors. Built by ``ShardedIndex.stored_vectors`` from its shards, their id
+    tables and its reader of flat shards' stored rows."""
 
-    def __init__(self, index: ShardedIndex) -> None:
-        self._indexes = [s for s in index.shards if s is not None]
-        if len(self._indexes) != len(index.shards):
+    def __init__(
+        self,
+        shards: Sequence[faiss.Index | None],
+        ids: Sequence[np.ndarray],
+        dim: int,
+        flat_rows: Callable[[int], np.ndarray],
+    ) -> None:
+        """``shards``: the FAISS shards (None: not loaded); ``ids``: each shard's global ids
+        (n_s,); ``flat_rows(s)``: the (n_s, d) stored vectors of flat shard ``s``."""
+        self._indexes = [s for s in shards if s is not None]
+        if len(self._indexes) != len(shards):
             raise ValueError("stored vectors need the shards in memory (not a lazy index)")
-        self.index = index
+        self._flat_rows = flat_rows
         empty = np.zeros(0, np.int64)
-        all_ids = np.concatenate([empty, *index.ids])
-        shard = np.concatenate([empty, *(np.full(len(i), s) for s, i in enumerate(index.ids))])
-        pos = np.concatenate([empty, *(np.arange(len(i)) for i in index.ids)])
+        all_ids = np.concatenate([empty, *ids])
+        shard = np.concatenate([empty, *(np.full(len(i), s) for s, i in enumerate(ids))])
+        pos = np.concatenate([empty, *(np.arange(len(i)) for i in ids)])
         order = np.argsort(all_ids, kind="stable")
         self._sorted_ids = all_ids[order]
         self._shard = shard[order].astype(np.int64)
         self._pos = pos[order].astype(np.int64)
-        self.dim = int(index.manifest.dim)
+        self.dim = dim
         self.exact = all(_stores_exactly(s) for s in self._indexes)
         for s in self._indexes:
             if not isinstance(faiss.downcast_index(s), faiss.IndexFlat):
@@ -66,7 +74,7 @@ class StoredVectors:
     def _shard_rows(self, s: int, positions: np.ndarray) -> np.ndarray:
         index = faiss.downcast_index(self._indexes[s])
         if isinstance(index, faiss.IndexFlat):
-            return self.index.shard_vectors(s)[positions]
+            return self._flat_rows(s)[positions]
         return self._indexes[s].reconstruct_batch(positions.astype(np.int64))
 
 

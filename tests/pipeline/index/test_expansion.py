@@ -12,7 +12,6 @@ from pipeline.index.expansion import QeConfig, alpha_expand
 from pipeline.index.query import QueryOptions, search
 from pipeline.index.rerank import RerankConfig, rerank
 from pipeline.index.search import ShardedIndex
-from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import read_latest
 from tests.support.descriptors import DIM, unit, write_folder
 from tests.support.postprocessing import ref_alpha_expand, ref_dba, ref_rerank
@@ -71,7 +70,7 @@ def test_dba_at_build_time_matches_the_reference(ray_local, s3_bucket: str, caps
     assert dba.seconds > 0 and dba.peak_rss_bytes > 0
     assert manifest.config["dba"]["k"] == 4
     index = ShardedIndex.load(out)
-    stored = StoredVectors(index).vectors(np.arange(len(x)))
+    stored = index.stored_vectors().vectors(np.arange(len(x)))
     np.testing.assert_allclose(stored, ref_dba(x, 4, 3.0), rtol=1e-5, atol=1e-6)
     assert build_main([*args, "--dba", "4"]) == 0
     assert "up to date" in capsys.readouterr().out
@@ -86,7 +85,7 @@ def test_dba_with_an_approximate_index(ray_local, s3_bucket: str) -> None:
     args = ["--descriptors", desc, "--output", out, "--factory", "IVF8,Flat", "--train-size", "300"]
     assert build_main([*args, "--dba", "3"]) == 0
     assert not read_latest(out)[1].dba.exact
-    stored = StoredVectors(ShardedIndex.load(out)).vectors(np.arange(len(x)))
+    stored = ShardedIndex.load(out).stored_vectors().vectors(np.arange(len(x)))
     np.testing.assert_allclose(stored, ref_dba(x, 3, 3.0), rtol=1e-5, atol=1e-6)
 
 
