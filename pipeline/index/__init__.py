@@ -13,7 +13,7 @@ search in one process or across Ray actors, with the same answers.
 | ``shard`` | one shard in memory: its candidates, re-scoring, exact counts, keys |
 | ``merge`` | the global top-k from the shards' candidates (refinement's cut and re-rank) |
 | ``search`` | ``ShardedIndex``: load a version (or some shards, or lazily) and search it |
-| ``serving`` | ``DistributedIndex``: Ray actors holding a version's shards, spread over nodes; ``open_index`` |
+| ``serving`` | ``DistributedIndex``: a version on Ray actors; ``open_index``: local or on actors |
 | ``whitening`` | learned PCA-whitening: fit, file, apply (stored vectors and queries) |
 | ``expansion`` | αQE and DBA arithmetic |
 | ``dba`` | DBA of the version being built (always a full build) |
