@@ -93,15 +93,16 @@ def check_output(
     A configuration that committed no shard does not bind the output: the next run's replaces
     it."""
     unresolved = ("precision",) if fp["precision"] == "auto" else ()
+    wanted = _without(fp, unresolved)
 
     def check(what: str, stored: dict[str, Any]) -> None:
         precisions.add(str(stored.get("precision")))
-        check_fingerprint(what, _without(stored, unresolved), _without(fp, unresolved))
+        check_fingerprint(what, _without(stored, unresolved), wanted)
 
     precisions: set[str] = set()
     previous = read_json(job_uri(output))
-    stored = (previous or {}).get("fingerprint", {})
-    if previous is not None and _without(stored, unresolved) != _without(fp, unresolved):
+    recorded = _without((previous or {}).get("fingerprint", {}), unresolved)
+    if previous is not None and recorded != wanted:
         # The shards committed bind the output (they all share one fingerprint: this very
         # check keeps it so), not the record of a run that may have committed nothing.
         bound = committed_fingerprint(output)
@@ -111,7 +112,7 @@ def check_output(
             "%s: the previous run's configuration (differs in: %s) committed no shard; "
             "this run's replaces it",
             output,
-            ", ".join(differing_keys(_without(stored, unresolved), _without(fp, unresolved))),
+            ", ".join(differing_keys(recorded, wanted)),
         )
         previous = None
     committed = {}
@@ -257,7 +258,8 @@ def _start_actors(
 ) -> tuple[list[Any], list[ActorInfo]]:
     """Plan, start and ask every actor what it runs on (each loads the model first)."""
     per_gpu = cpus_per_gpu(ray.nodes()) or MAX_CPUS_PER_GPU_ACTOR
-    plan = plan_workers(ray.cluster_resources(), job.actors, job.device, per_gpu, "--actors")
+    resources = ray.cluster_resources()
+    plan = plan_workers(resources, job.actors, job.device, per_gpu, "--actors")
     if job.cpus_per_actor is not None:
         plan = replace(plan, num_cpus=job.cpus_per_actor)
     log.info(
@@ -266,7 +268,7 @@ def _start_actors(
         "GPU" if plan.use_gpu else "CPU",
         plan.num_cpus,
     )
-    lacking = shortfall(plan, ray.cluster_resources())
+    lacking = shortfall(plan, resources)
     if lacking:
         log.warning("%s", lacking)
     actors = create_actors(job.spec, plan, board_name, job.shards_per_actor)

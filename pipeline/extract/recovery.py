@@ -46,12 +46,11 @@ class _Recovering:
 
 @dataclass(frozen=True)
 class Recovery:
-    """An actor's recovery settled: ``restarts`` real restarts (0: it never died), whether it
-    is ``retired``, and the shards it held, for the driver to count and requeue."""
+    """An actor's recovery settled (restarted, back from a lost call, or retired): its real
+    ``restarts`` (0: it never died; a retired actor counts one) and the shards it held, for
+    the driver to count and requeue, and why it failed."""
 
-    actor: int
     restarts: int
-    retired: bool
     shards: list[str]
     cause: str
 
@@ -91,7 +90,7 @@ class ActorRecovery:
         settles at once."""
         cause = death_cause(error)
         if index in self.retired:
-            return Recovery(index, 1, True, [shard], self.retired[index])
+            return Recovery(1, [shard], self.retired[index])
         entry = self.recovering.setdefault(index, _Recovering(self.clock(), cause))
         entry.suspects.append(shard)
         log.warning("actor %d failed on %s (%s); waiting for it to come back", index, shard, cause)
@@ -141,7 +140,7 @@ class ActorRecovery:
         self.restarts_seen[index] = max(self.restarts_seen[index], status.restarts)
         self.total_restarts += restarts
         del self.recovering[index]
-        return Recovery(index, restarts, False, entry.suspects, entry.cause)
+        return Recovery(restarts, entry.suspects, entry.cause)
 
     def expired(self) -> list[Recovery]:
         """Actors not back within ``restart_timeout_s``: retired."""
@@ -156,4 +155,4 @@ class ActorRecovery:
         entry = self.recovering.pop(index)
         self.retired[index] = why
         log.error("actor %d is retired: %s", index, why)
-        return Recovery(index, 1, True, entry.suspects, why)
+        return Recovery(1, entry.suspects, why)

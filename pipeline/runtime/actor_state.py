@@ -13,16 +13,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# The GCS's actor states; UNKNOWN: the state could not be read (the driver then relies on
-# whether the actor answers).
-ALIVE, RESTARTING, DEAD, UNKNOWN = "ALIVE", "RESTARTING", "DEAD", "UNKNOWN"
+# The GCS's state of an actor Ray will not restart; UNKNOWN: the state could not be read (the
+# driver then relies on whether the actor answers).
+DEAD, UNKNOWN = "DEAD", "UNKNOWN"
 
 
 @dataclass(frozen=True)
 class ActorStatus:
     state: str  # ALIVE, RESTARTING, DEAD, PENDING_CREATION, DEPENDENCIES_UNREADY or UNKNOWN
     restarts: int  # restarts so far (Ray's num_restarts)
-    pid: int  # the current (or last) process, 0 when unknown
     death_cause: str  # one line, empty while it never died
 
 
@@ -34,13 +33,12 @@ def actor_status(actor: Any) -> ActorStatus:
         record = state.actors(actor_id=actor._actor_id.hex())
     except Exception as e:  # an internal API: a Ray upgrade may move it
         log.debug("actor state unavailable: %s", e)
-        return ActorStatus(UNKNOWN, 0, 0, "")
+        return ActorStatus(UNKNOWN, 0, "")
     if not record:
-        return ActorStatus(UNKNOWN, 0, 0, "")
+        return ActorStatus(UNKNOWN, 0, "")
     return ActorStatus(
         state=str(record.get("State", UNKNOWN)),
         restarts=int(record.get("NumRestarts", 0)),
-        pid=int(record.get("Pid", 0) or 0),
         death_cause=_one_line(str(record.get("DeathCause", ""))),
     )
 

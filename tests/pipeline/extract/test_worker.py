@@ -358,8 +358,9 @@ def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
     # A small GLAM (ResNet18, one scale): what is measured is the data path, not the model.
     model = build_glam(config=GlamConfig(backbone="resnet18", reduced_channels=16, dim=32))
     extractor = GlamExtractor(model, ExtractConfig(image_size=IMAGE_SIZE, scales=(1.0,)))
-    worker = ShardWorker(PIPE_SPEC, device="cpu", name="memory", extractor=extractor)
-    worker.report_interval_s = 0.0
+    worker = ShardWorker(
+        PIPE_SPEC, device="cpu", name="memory", report_interval_s=0.0, extractor=extractor
+    )
     try:
         small = _peak_images_alive(worker, tmp_path, 50, monkeypatch)
         large = _peak_images_alive(worker, tmp_path, 500, monkeypatch)
