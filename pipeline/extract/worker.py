@@ -183,6 +183,18 @@ class ShardWorker:
         sid = shard_id(shard_uri)
         start = time.perf_counter()
         last_error = ""
+
+        def failed(attempts: int, error: str) -> ShardStats:
+            return ShardStats(
+                shard=sid,
+                source=shard_uri,
+                status="failed",
+                worker=self.name,
+                attempts=attempts,
+                error=error,
+                wall_s=time.perf_counter() - start,
+            )
+
         for attempt in range(1, self.spec.shard_attempts + 1):
             stats = ShardStats(shard=sid, source=shard_uri, attempts=attempt, worker=self.name)
             try:
@@ -190,17 +202,8 @@ class ShardWorker:
                 self._commit(computed, output, stats, start)
                 return stats
             except ShardUnreadableError as e:
-                last_error = str(e)
-                log.warning("shard %s is unreadable: %s", sid, last_error)
-                return ShardStats(
-                    shard=sid,
-                    source=shard_uri,
-                    status="failed",
-                    worker=self.name,
-                    attempts=attempt,
-                    error=last_error,
-                    wall_s=time.perf_counter() - start,
-                )
+                log.warning("shard %s is unreadable: %s", sid, e)
+                return failed(attempt, str(e))
             except ShardReadError as e:
                 last_error = str(e)
                 log.warning(
@@ -214,15 +217,7 @@ class ShardWorker:
                     if self.on_retry is not None:
                         self.on_retry(shard_uri, attempt, last_error)
                     time.sleep(self.spec.retry_backoff_s * 2 ** (attempt - 1))
-        return ShardStats(
-            shard=sid,
-            source=shard_uri,
-            status="failed",
-            worker=self.name,
-            attempts=self.spec.shard_attempts,
-            error=last_error,
-            wall_s=time.perf_counter() - start,
-        )
+        return failed(self.spec.shard_attempts, last_error)
 
     def _compute(self, shard_uri: str, stats: ShardStats, dispatch: int) -> Computed:
         """Start reading and decoding now; wait for the compute thread to run the batches."""
