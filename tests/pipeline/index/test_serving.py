@@ -13,10 +13,11 @@ from jobs.evaluate import main as evaluate_main
 from jobs.search_index import main as search_main
 from pipeline.index.build import IndexBuildConfig, build_index
 from pipeline.index.params import SearchParams, ServingConfig
-from pipeline.index.search import ShardedIndex
+from pipeline.index.search import SearchResult, ShardedIndex
 from pipeline.index.serving import DistributedIndex
 from tests.support.descriptors import (
     DIM,
+    assert_same_ranking,
     queries_near,
     write_clustered_folder,
     write_folder,
@@ -39,16 +40,43 @@ def test_actors_answer_as_the_single_process_search(ray_local, s3_bucket, factor
         assert len(served.plan) == 3 and served.exact == local.exact
         for params in (local.params, SearchParams(nprobe=16, k_factor=2)):
             got, want = served.search(q, 30, params), local.search(q, 30, params)
-            np.testing.assert_array_equal(got.ids, want.ids)
-            np.testing.assert_array_equal(got.scores, want.scores)
-            assert got.keys == want.keys
+            # Across a process boundary: BLAS thread counts differ, so scores agree to rounding
+            # and ids exactly, except where two vectors tie within rounding.
+            assert_same_ranking(got.ids, got.scores, want.ids, want.scores)
+            assert_same_keys(got, want)
         if local.exact:
-            thresholds = np.sort(q @ x[:40].T, axis=1)
+            # Midway between scores, never on one: a count must not hang on float rounding.
+            s = np.sort(q @ x[:40].T, axis=1)
+            thresholds = (s[:, :-1] + s[:, 1:]) / 2
             np.testing.assert_array_equal(
                 served.count_above(q, thresholds), local.count_above(q, thresholds)
             )
         actors = list(served.actors)
     wait_until(lambda: all(stopped(a) for a in actors), 120, "closed actors to stop")
+
+
+def assert_same_keys(got: SearchResult, want: SearchResult) -> None:
+    """Each id names the same key in both answers (ids may swap only where scores tie)."""
+    named = {
+        int(i): k
+        for row_ids, row_keys in zip(want.ids, want.keys, strict=True)
+        for i, k in zip(row_ids, row_keys, strict=False)
+    }
+    for row_ids, row_keys in zip(got.ids, got.keys, strict=True):
+        assert [named.get(int(i)) for i in row_ids[: len(row_keys)]] == row_keys
+
+
+def assert_same_printed_hits(got: list[str], want: list[str]) -> None:
+    """search_index.py's lines from two processes: the same hits in the same order, the
+    printed scores within one unit of their last printed digit (rounding apart)."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        g_fields, w_fields = g.split(), w.split()
+        if len(g_fields) == 3 and g_fields[0].isdigit():  # "  rank  score  key"
+            assert (g_fields[0], g_fields[2]) == (w_fields[0], w_fields[2]), (g, w)
+            assert abs(float(g_fields[1]) - float(w_fields[1])) <= 1.5e-4, (g, w)
+        else:
+            assert g == w
 
 
 def stopped(actor: ray.actor.ActorHandle) -> bool:
@@ -113,7 +141,8 @@ def test_jobs_search_and_evaluate_through_actors(ray_local, s3_bucket, tmp_path,
         == 0
     )
     spread = capsys.readouterr().out.splitlines()
-    assert "2 actors" in spread[0] and spread[1:] == alone[1:] and keys[7] in spread[1]
+    assert "2 actors" in spread[0] and keys[7] in spread[1]
+    assert_same_printed_hits(spread[1:], alone[1:])
     # evaluate.py: the same report with the distractors served by actors.
     rng = np.random.default_rng(1)
     q = unit(rng.normal(size=(2, DIM)))
@@ -171,8 +200,8 @@ def test_actors_answer_with_the_version_post_processing(ray_local, s3_bucket, ca
     with DistributedIndex.start(out, serving=SERVING) as served:
         assert served.manifest.dim == 24 and served.whitening is not None
         got, want = served.search(q, 15), local.search(q, 15)
-        np.testing.assert_array_equal(got.ids, want.ids)
-        np.testing.assert_array_equal(got.scores, want.scores)
+        # The whitening matmul runs with another BLAS thread count in the actors (1.8e-7 seen).
+        assert_same_ranking(got.ids, got.scores, want.ids, want.scores)
         ids = np.array([[3, -1], [599, 0]])
         np.testing.assert_array_equal(
             served.stored_vectors().vectors(ids), local.stored_vectors().vectors(ids)
@@ -198,5 +227,6 @@ def test_actors_answer_with_the_version_post_processing(ray_local, s3_bucket, ca
     alone_out = capsys.readouterr().out.splitlines()
     assert search_main([*query, *distributed, "--actor-overhead-mb", "0"]) == 0
     spread_out = capsys.readouterr().out.splitlines()
-    assert spread_out[1:] == alone_out[1:] and keys[7] in spread_out[1]
+    assert keys[7] in spread_out[1]
+    assert_same_printed_hits(spread_out[1:], alone_out[1:])
     assert "whitening 32->24" in spread_out[-1] and "alpha-QE k=2" in spread_out[-1]
