@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as Fn
-from PIL import Image, ImageOps
+from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,9 +70,18 @@ def decode_rgb(
 
     img = _decode(data, max_pixels, request)
     w, h = full[0]
-    # Orientations 5-8 transpose the image (exif_transpose reads the same tag).
-    swapped = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    swapped = orientation_of(img) in (5, 6, 7, 8)  # orientations 5-8 transpose the image
     return to_rgb(img), ((h, w) if swapped else (w, h))
+
+
+def orientation_of(img: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) when absent or unreadable: a crafted EXIF
+    block must not cost the image, and the device decode path reads it the same way."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+        return value if isinstance(value, int) and value in _ORIENTATION else 1
+    except Exception:
+        return 1
 
 
 def draft_request(size: tuple[int, int], side: int) -> tuple[int, int] | None:
@@ -110,17 +119,37 @@ def _decode(
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"decompression bomb: {e}") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # PIL names the in-memory file by its address ("<_io.BytesIO object at 0x…>"): noise
-        # that differs on every run, replaced by what it is.
-        message = _OBJECT_ADDRESS.sub("the image bytes", str(e))
-        raise ImageDecodeError(f"{type(e).__name__}: {message}") from e
+    except Exception as e:
+        # Whatever else crafted bytes make a decoder raise (OSError, SyntaxError, EOFError,
+        # struct.error, TypeError, OverflowError, …) is the image's fault, not the caller's.
+        raise ImageDecodeError(_described(e)) from e
     return img
 
 
+def _described(e: Exception) -> str:
+    """An exception's type and message, without object addresses: PIL names the in-memory
+    file by its address ("<_io.BytesIO object at 0x…>"), noise that differs on every run."""
+    return f"{type(e).__name__}: {_OBJECT_ADDRESS.sub('the image bytes', str(e))}"
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation and convert any PIL mode (L, P, RGBA, CMYK, I;16, F) to RGB."""
-    img = ImageOps.exif_transpose(img)
+    """Apply the EXIF orientation and convert any PIL mode (L, P, RGBA, CMYK, I;16, F) to RGB.
+
+    The orientation is applied as ``ImageOps.exif_transpose`` does, from the tag alone:
+    ``exif_transpose`` also re-serialises the whole EXIF block, which raises (``struct.error``)
+    on a crafted tag stored with the wrong type. Raises ``ImageDecodeError`` whatever else
+    goes wrong (pixel data that fails on conversion).
+    """
+    try:
+        return _to_rgb(img)
+    except Exception as e:
+        raise ImageDecodeError(_described(e)) from e
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    op = _ORIENTATION.get(orientation_of(img))
+    if op is not None:
+        img = img.transpose(op)
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):

@@ -4,6 +4,7 @@ plus every kind of bad sample the pipeline must turn into an error row."""
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -96,6 +97,24 @@ def odd_mode(img: Image.Image, mode: str) -> tuple[str, bytes]:
     if mode == "P":
         return "png", encode(img.convert("P"), "PNG")
     return "png", encode(img.convert(mode), "PNG")
+
+
+def crafted_exif() -> bytes:
+    """An EXIF block PIL opens but cannot re-serialise: Orientation=6 (so that
+    ``exif_transpose`` rewrites the block) and tag 0x014E (NumberOfInks, a SHORT) stored as
+    text, which makes the rewrite raise ``struct.error``."""
+    entries = [
+        struct.pack("<HHII", 0x0112, 3, 1, 6),  # Orientation, SHORT, 1 value: 6
+        struct.pack("<HHI4s", 0x014E, 2, 4, b"txt\0"),  # NumberOfInks as ASCII
+    ]
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd
+
+
+def encode_with_exif(img: Image.Image, exif: bytes) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
 
 
 def bad_sample(kind: str, rng: np.random.Generator) -> dict[str, bytes]:

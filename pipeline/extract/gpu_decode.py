@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from glam.preprocess import EXIF_ORIENTATION, orient, resize_uint8
+from glam.preprocess import orient, orientation_of, resize_uint8
 from pipeline.extract.decode import (
     DecodedSample,
     Item,
@@ -118,11 +118,12 @@ def device_refusal(data: bytes, header: JpegHeader | None, max_pixels: int) -> s
 
 
 def exif_orientation(data: bytes) -> int:
-    """The EXIF orientation tag (1 when absent or unreadable)."""
+    """The EXIF orientation tag of JPEG bytes, read as the CPU path reads it
+    (``glam.preprocess.orientation_of``: 1 when absent or unreadable)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return int(img.getexif().get(EXIF_ORIENTATION, 1))
-    except Exception:  # an unreadable EXIF block shows the image as stored, like PIL's own path
+            return orientation_of(img)
+    except Exception:  # bytes PIL cannot open: shown as stored
         return 1
 
 

@@ -242,7 +242,7 @@ class TrainLoader:
         try:
             img = to_rgb(decode_image(s.data, self.config.max_pixels, draft=draft))
             return crop_uint8(img, size, d)
-        except (ImageDecodeError, OSError, ValueError, MemoryError) as e:
+        except (ImageDecodeError, ValueError, MemoryError) as e:
             log.warning("sample %s: %s", s.key, str(e)[:200])
             return None
 

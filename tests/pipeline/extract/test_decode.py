@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.datasets.synthetic import (
     BAD_KINDS,
     ODD_MODES,
     bad_sample,
+    crafted_exif,
     encode,
+    encode_with_exif,
     image,
     odd_mode,
     photo,
@@ -166,3 +171,32 @@ def test_pixels_are_rgb_plus_a_pad_byte(size: tuple[int, int]) -> None:
     px = pixels(img)
     assert px.shape == (size[1], size[0], 4) and px.dtype == np.uint8
     assert np.array_equal(px[..., :3], np.asarray(img))
+
+
+def test_a_crafted_exif_block_still_gives_the_upright_image() -> None:
+    """Orientation 6 beside a tag stored with the wrong type: PIL opens the image but
+    ``exif_transpose`` raises ``struct.error``; the image is still turned upright."""
+    data = encode_with_exif(image(np.random.default_rng(4), 64, 48), crafted_exif())
+    out = decode_sample(0, RawSample("k", {"jpg": data}), 64, 10**7)
+    assert isinstance(out, DecodedSample)
+    assert (out.width, out.height) == (48, 64) and tuple(out.image.shape) == (64, 48, 4)
+    stored = Image.open(io.BytesIO(data)).convert("RGB")  # the pixels as stored, 64 x 48
+    upright = np.asarray(stored.transpose(Image.Transpose.ROTATE_270))  # what 6 means
+    np.testing.assert_array_equal(out.image[..., :3], upright)
+
+
+def test_every_exception_a_mutated_image_raises_is_an_error_row() -> None:
+    """Bounded fuzz: bytes flipped in JPEGs with and without (headers, EXIF block,
+    entropy data) give a decoded sample or an error row, never an exception (a shard's other
+    samples would be lost)."""
+    rng = np.random.default_rng(5)
+    seeds = [encode_with_exif(image(rng, 40, 30), crafted_exif()), encode(image(rng, 40, 30))]
+    kinds = set()
+    for n in range(400):
+        data = bytearray(seeds[n % len(seeds)])
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, min(len(data), 400)))  # mostly headers and EXIF
+            data[at] = int(rng.integers(0, 256))
+        out = decode_sample(n, RawSample("k", {"jpg": bytes(data)}), 32, 1_000_000)
+        kinds.add(type(out).__name__)
+    assert kinds == {"DecodedSample", "SampleError"}
