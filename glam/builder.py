@@ -10,6 +10,7 @@ from glam.config import GlamConfig
 from glam.model import GLAM
 from glam.weights import (
     CheckpointError,
+    WeightsStore,
     checkpoint_filter_fn,
     load_checkpoint,
     load_imagenet_state_dict,
@@ -23,17 +24,22 @@ RANDOM = "random"
 IMAGENET = "imagenet"
 
 
-def build_glam(weights: str | None = None, config: GlamConfig | None = None, seed: int = 0) -> GLAM:
+def build_glam(
+    weights: str | None = None,
+    config: GlamConfig | None = None,
+    seed: int = 0,
+    store: WeightsStore | None = None,
+) -> GLAM:
     """Build ResNet-GLAM in eval mode.
 
     weights: ``None``/``"random"`` for a seeded random initialisation (identical in every
     process with the same seed), ``"imagenet"`` for torchvision's ImageNet backbone with a
-    seeded random head, or the fsspec URI of a GLAM checkpoint (its recorded config wins; a
-    different ``config`` passed here is refused).
+    seeded random head, or the URI of a GLAM checkpoint in ``store`` (fsspec's defaults when
+    None; its recorded config wins; a different ``config`` passed here is refused).
     """
     checkpoint = None
     if weights not in (None, RANDOM, IMAGENET):
-        checkpoint = load_checkpoint(weights)
+        checkpoint = load_checkpoint(weights, store)
         if checkpoint.config is not None:
             if config is not None and config != checkpoint.config:
                 raise CheckpointError(

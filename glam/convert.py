@@ -50,6 +50,7 @@ from glam.model import GLAM
 from glam.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from glam.weights import (
     CheckpointError,
+    WeightsStore,
     load_foreign_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
@@ -407,14 +408,22 @@ def convert(obj: Any, opts: ConversionOptions, source: str) -> Converted:
     return _CONVERTERS[opts.source_format](obj, opts, source)
 
 
-def convert_file(source: str, output: str, opts: ConversionOptions, label: str) -> Converted:
-    """Read ``source`` (any fsspec URI), convert it, write the GLAM checkpoint ``output``
+def convert_file(
+    source: str,
+    output: str,
+    opts: ConversionOptions,
+    label: str,
+    store: WeightsStore | None = None,
+) -> Converted:
+    """Read ``source`` from ``store``, convert it, write the GLAM checkpoint ``output``
     atomically. ``label`` names the source in the checkpoint's metadata (credentials masked
     by the caller). The checkpoint's sha256 is on the returned model."""
-    checkpoint = load_foreign_checkpoint(source)
+    checkpoint = load_foreign_checkpoint(source, store)
     converted = convert(checkpoint.obj, opts, label)
     notes = {**converted.notes, "source": label, "source_sha256": checkpoint.sha256}
     model = converted.model
-    model.weights_sha256 = save_checkpoint(model, output, metadata={"converted": json.dumps(notes)})
+    model.weights_sha256 = save_checkpoint(
+        model, output, metadata={"converted": json.dumps(notes)}, store=store
+    )
     model.weights_source = output
     return Converted(model, notes)

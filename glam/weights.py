@@ -1,4 +1,5 @@
-"""Weights I/O: GLAM checkpoints on any fsspec URI and torchvision's ImageNet backbones.
+"""Weights I/O: GLAM checkpoints in a ``WeightsStore`` (any fsspec URI by default) and
+torchvision's ImageNet backbones.
 
 Checkpoints are safetensors files (``.safetensors``) or torch files (``.pt``/``.pth``/``.ckpt``)
 loaded with ``weights_only=True``; every load is strict and names the keys that do not match.
@@ -16,7 +17,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 import safetensors
@@ -65,28 +66,45 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
-def _read_uri(uri: str) -> bytes:
-    try:
+class WeightsStore(Protocol):
+    """Where checkpoints are read and written. The pipeline passes its own
+    (``pipeline.io.storage.WEIGHTS_STORE``: its endpoint, ``GLAM_STORAGE_OPTIONS``, refusal of
+    credentials in URIs, atomic writes); ``FsspecStore`` serves standalone use of ``glam``."""
+
+    def read(self, uri: str) -> bytes: ...
+
+    def write_atomic(self, uri: str, data: bytes) -> None: ...
+
+
+class FsspecStore:
+    """fsspec with its defaults: local files, or an object store configured the library's
+    own way (environment, config files). No reader sees a partial file: a temporary name then
+    rename on local filesystems; one PUT (atomic by the protocol) on object stores."""
+
+    def read(self, uri: str) -> bytes:
         with fsspec.open(uri, "rb") as f:
-            return f.read()
+            data: bytes = f.read()
+            return data
+
+    def write_atomic(self, uri: str, data: bytes) -> None:
+        fs, path = fsspec.core.url_to_fs(uri)
+        if "file" in fs.protocol or fs.protocol == "local":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+
+def _read_uri(uri: str, store: WeightsStore | None) -> bytes:
+    try:
+        return (store or FsspecStore()).read(uri)
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {uri}") from e
-
-
-def _write_uri_atomic(uri: str, data: bytes) -> None:
-    """Write so that no reader sees a partial file: a temporary name then rename on local
-    filesystems; one PUT (atomic by the protocol) on object stores."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if "file" in fs.protocol or fs.protocol == "local":
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
 
 
 def _parse_safetensors(data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -103,9 +121,9 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 0 < header_len <= len(data) - 8 and data[8:9] == b"{"
 
 
-def load_checkpoint(uri: str) -> Checkpoint:
-    """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from any fsspec URI."""
-    data = _read_uri(uri)
+def load_checkpoint(uri: str, store: WeightsStore | None = None) -> Checkpoint:
+    """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from ``store``."""
+    data = _read_uri(uri, store)
     digest = sha256_hex(data)
     config_dict: Any = None
     metadata: dict[str, str] = {}
@@ -163,10 +181,10 @@ def _numpy_globals() -> list[Any]:
     ]
 
 
-def load_foreign_checkpoint(uri: str) -> ForeignCheckpoint:
-    """Read another code base's torch checkpoint from any fsspec URI, with
-    ``weights_only=True``: tensors, containers, strings and numbers, plus numpy arrays."""
-    data = _read_uri(uri)
+def load_foreign_checkpoint(uri: str, store: WeightsStore | None = None) -> ForeignCheckpoint:
+    """Read another code base's torch checkpoint from ``store``, with ``weights_only=True``:
+    tensors, containers, strings and numbers, plus numpy arrays."""
+    data = _read_uri(uri, store)
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             obj = _torch_load(data, uri)
@@ -204,8 +222,14 @@ def _torch_load(data: bytes, uri: str) -> Any:
         ) from None
 
 
-def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | None = None) -> str:
-    """Write the model's weights and config to ``uri`` atomically; return the file's sha256.
+def save_checkpoint(
+    model: nn.Module,
+    uri: str,
+    metadata: Mapping[str, str] | None = None,
+    store: WeightsStore | None = None,
+) -> str:
+    """Write the model's weights and config to ``uri`` in ``store`` atomically; return the
+    file's sha256.
 
     The format follows the suffix: ``.safetensors``, else a torch file (``.pt``/``.pth``/...).
     """
@@ -234,7 +258,7 @@ def save_checkpoint(model: nn.Module, uri: str, metadata: Mapping[str, str] | No
             f"cannot tell the checkpoint format of {uri!r}: use .safetensors or one of "
             f"{', '.join(_TORCH_SUFFIXES)}"
         )
-    _write_uri_atomic(uri, data)
+    (store or FsspecStore()).write_atomic(uri, data)
     return sha256_hex(data)
 
 

@@ -28,6 +28,12 @@ def setup_logging(verbose: bool = False) -> None:
         handler.addFilter(RedactingFilter())
     for noisy in ("faiss.loader", "aiobotocore.credentials", "botocore.credentials"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The AWS clients' debug logs are the wire: request headers (the key id, the session
+    # token), response bodies (STS hands out a key, a secret and a token) and the web-identity
+    # token, whatever the credentials' origin. -v shows our own debug lines and s3fs's calls;
+    # the wire stays out (the redaction filter masks what a message still carries).
+    for wire in ("botocore", "aiobotocore", "urllib3", "s3transfer", "boto3"):
+        logging.getLogger(wire).setLevel(logging.INFO)
 
 
 # Failures a user can act on: bad input, storage, network, weights, the cluster. Anything else

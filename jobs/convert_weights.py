@@ -58,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         from glam.convert import ConversionOptions, convert_file
         from pipeline.io.redact import redact_text
+        from pipeline.io.storage import WEIGHTS_STORE
 
         opts = ConversionOptions(args.format, args.whitening, args.whitening_mode, args.dim)
-        converted = convert_file(args.source, args.output, opts, redact_text(args.source))
+        converted = convert_file(
+            args.source, args.output, opts, redact_text(args.source), store=WEIGHTS_STORE
+        )
         cfg, notes = converted.model.config, converted.notes
         print(
             f"converted {notes['source_format']} {notes['backbone']} (head: {notes['head']}) "

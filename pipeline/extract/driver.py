@@ -27,7 +27,7 @@ from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.layout import job_uri, marker_uri, markers_folder
 from pipeline.io.redact import redact
 from pipeline.io.shards import list_shards, shard_id
-from pipeline.io.storage import filesystem, join, read_json, write_json_atomic
+from pipeline.io.storage import WEIGHTS_STORE, filesystem, join, read_json, write_json_atomic
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
@@ -179,7 +179,7 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
     ids = [shard_id(s) for s in shards]
     weights = [] if job.spec.weights in (None, RANDOM, IMAGENET) else [job.spec.weights]
     preflight(read=[shards[0], *weights], write=[job.output])
-    model = build_glam(weights=job.spec.weights, seed=job.spec.seed)
+    model = build_glam(weights=job.spec.weights, seed=job.spec.seed, store=WEIGHTS_STORE)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
     previous, committed, precisions = check_output(job.output, fp, ids)

@@ -58,7 +58,7 @@ from pipeline.io.layout import descriptors_uri, errors_uri, marker_uri
 from pipeline.io.redact import redact, redact_text
 from pipeline.io.shard_reader import RawSample
 from pipeline.io.shards import shard_id
-from pipeline.io.storage import write_bytes_atomic, write_json_atomic
+from pipeline.io.storage import WEIGHTS_STORE, write_bytes_atomic, write_json_atomic
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.progress import UnitProgress
 
@@ -121,7 +121,7 @@ class ShardWorker:
         dev = select_device(device)
         self.precision = resolve_precision(spec.precision, dev)
         if extractor is None:
-            model = build_glam(weights=spec.weights, seed=spec.seed)
+            model = build_glam(weights=spec.weights, seed=spec.seed, store=WEIGHTS_STORE)
             extract_cfg = ExtractConfig(
                 image_size=spec.image_size, scales=spec.scales, precision=self.precision
             )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.index.versions import ExtractionRecord, IndexManifest
-from pipeline.io.storage import read_bytes
+from pipeline.io.storage import WEIGHTS_STORE, read_bytes
 
 if TYPE_CHECKING:
     from glam import GlamExtractor
@@ -47,7 +47,7 @@ def load_query_model(record: ExtractionRecord, weights: str | None = None) -> Gl
         )
     config = GlamConfig.from_dict(record.glam_config)
     try:
-        model = build_glam(uri, config=config, seed=record.seed)
+        model = build_glam(uri, config=config, seed=record.seed, store=WEIGHTS_STORE)
     except (CheckpointError, WeightsUnavailableError, OSError) as e:
         raise ValueError(
             f"the index's weights are not reachable at {uri} ({e}); pass --weights with a "

@@ -19,7 +19,7 @@ import numpy as np
 import safetensors.numpy
 
 from pipeline.io.descriptor_reader import check_same_model, list_descriptor_files, sample_rows
-from pipeline.io.storage import read_bytes, write_bytes_atomic
+from pipeline.io.storage import WEIGHTS_STORE, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def whiten_checkpoint(checkpoint: str, whitening: Whitening, output: str, label:
     from glam import build_glam, save_checkpoint
     from glam.whiten_head import fold_whitening
 
-    model = build_glam(checkpoint)
+    model = build_glam(checkpoint, store=WEIGHTS_STORE)
     fitted_on = whitening.descriptor_model.get("weights_sha256")
     if fitted_on and fitted_on != model.weights_sha256:
         raise ValueError(
@@ -195,4 +195,6 @@ def whiten_checkpoint(checkpoint: str, whitening: Whitening, output: str, label:
         )
     whitened = fold_whitening(model, whitening.mean, whitening.projection)
     record = {"whitening": label, "dim_out": whitening.dim_out, "shrinkage": whitening.shrinkage}
-    return save_checkpoint(whitened, output, metadata={"whitened": json.dumps(record)})
+    return save_checkpoint(
+        whitened, output, metadata={"whitened": json.dumps(record)}, store=WEIGHTS_STORE
+    )

@@ -1,5 +1,5 @@
-"""Keeping credentials out of logs and records: URL user-info, secret-looking keys, and the
-values of the process's credential variables are masked."""
+"""Keeping credentials out of logs and records: URL user-info and query strings, secret-looking
+keys, and the values of the process's credential variables are masked."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import re
 from typing import Any
 
 MASK = "***"
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+(?::[^/@\s]*)?@")
+# user-info: ``user@`` or ``key:secret@``, where a secret may hold "/" (AWS secret keys do);
+# ``host:port/path@…`` is not user-info (a port is digits).
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/@\s:]+:(?!\d+(?:/|$))[^@\s]*|[^/@\s:]+)@"
+)
 _SECRET_KEY = re.compile(
     r"(secret|password|passwd|token|credential|session|^key$|access_key|key_id)", re.IGNORECASE
 )
@@ -46,13 +50,40 @@ def _secret_values() -> list[str]:
     return [v for v in values if len(v) >= 6]
 
 
+# A URL's query string and fragment: presigned URLs carry their credentials there
+# (X-Amz-Credential, X-Amz-Security-Token, X-Amz-Signature, sig=…). Masked whole: nothing in
+# a query is needed to name the object once it has been read.
+_QUERY = re.compile(
+    r"(?P<url>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)[?#](?:[^\s'\"]*[^\s'\":;,.)\]])?"
+)
+
+
+# Credentials by their shape, whatever their origin (a shared credentials file, STS, a
+# web-identity token): AWS key ids, the elements and headers that carry secrets and tokens,
+# signatures, and JWTs.
+_CREDENTIAL_SHAPES = (  # each keeps its ``pre`` group and masks the rest
+    re.compile(r"(?P<pre>\b)(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b"),
+    re.compile(r"(?P<pre><(?:SecretAccessKey|SessionToken|AccessKeyId|Token)>)[^<]+"),
+    re.compile(
+        r"(?i)(?P<pre>(?:x-amz-security-token|authorization|x-amz-credential|signature)"
+        r"['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,}]+"
+    ),
+    re.compile(r"(?P<pre>\b)eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"),
+)
+
+
 def has_userinfo(uri: str) -> bool:
     """True when a URI carries user-info (``s3://KEY:SECRET@bucket/...``)."""
     return _USERINFO.match(uri.strip()) is not None
 
 
 def redact_text(text: str) -> str:
+    """``text`` with URL user-info and query strings masked, and the values of the process's
+    credential variables and ``GLAM_STORAGE_OPTIONS``' secrets replaced by ``MASK``."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _QUERY.sub(lambda m: f"{m.group('url')}?{MASK}", text)
+    for shape in _CREDENTIAL_SHAPES:
+        text = shape.sub(lambda m: f"{m.group('pre')}{MASK}", text)
     for value in _secret_values():
         text = text.replace(value, MASK)
     return text

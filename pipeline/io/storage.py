@@ -342,3 +342,18 @@ def delete_if(uri: str, tag: str) -> None:
             raise ConditionFailedError(f"{uri} changed") from None
         raise
     fs.invalidate_cache(path)
+
+
+class _PipelineWeightsStore:
+    """Checkpoints read and written as every other object of the pipeline is: this module's
+    endpoint and ``GLAM_STORAGE_OPTIONS``, credentials in URIs refused, atomic writes
+    (``glam.weights.WeightsStore``)."""
+
+    def read(self, uri: str) -> bytes:
+        return read_bytes(uri)
+
+    def write_atomic(self, uri: str, data: bytes) -> None:
+        write_bytes_atomic(uri, data)
+
+
+WEIGHTS_STORE = _PipelineWeightsStore()

@@ -15,7 +15,7 @@ from torch import nn
 from glam.config import GlamConfig
 from glam.model import GLAM
 from glam.weights import load_state_dict_strict, save_checkpoint
-from pipeline.io.storage import join, read_bytes
+from pipeline.io.storage import WEIGHTS_STORE, join, read_bytes
 from pipeline.train.metrics import TrainMetrics
 
 STATE_FILE = "state.pt"
@@ -108,4 +108,6 @@ def export_glam(state: dict[str, Any], config: GlamConfig, uri: str) -> str:
         "steps": str(state["step"]),
         "final_metrics": json.dumps(last, sort_keys=True),
     }
-    return save_checkpoint(glam_from_state(state, config), uri, metadata=metadata)
+    return save_checkpoint(
+        glam_from_state(state, config), uri, metadata=metadata, store=WEIGHTS_STORE
+    )

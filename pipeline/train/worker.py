@@ -31,6 +31,7 @@ from glam.extract import autocast
 from glam.groups import AspectGroups
 from glam.recipe import autocast_dtype, build_optimizer, learning_rate, set_learning_rate
 from pipeline.datasets.train_manifest import TrainDataset
+from pipeline.io.storage import WEIGHTS_STORE
 from pipeline.runtime import failpoints
 from pipeline.train import progress as train_progress
 from pipeline.train.data import Batch, LoaderConfig, SkipCounts, TrainLoader
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def build_classifier(job: TrainJob, num_classes: int) -> GlamClassifier:
     """GLAM from the job's starting weights plus a seeded ArcFace head, in train mode."""
-    glam = build_glam(job.weights, job.glam, seed=job.seed)
+    glam = build_glam(job.weights, job.glam, seed=job.seed, store=WEIGHTS_STORE)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(job.seed + 1)
         head = ArcFaceHead(

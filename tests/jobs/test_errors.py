@@ -109,3 +109,34 @@ def test_an_unreachable_endpoint_is_one_line_from_the_pre_flight(tmp_path) -> No
     assert last.startswith("error: PreflightError: cannot read s3://bucket/runs/r1")
     assert endpoint in last and "Traceback" not in run.stderr
     assert SECRET not in run.stderr and KEY not in run.stderr
+
+
+@pytest.mark.slow
+def test_workload_identity_credentials_stay_out_of_verbose_logs(s3_endpoint, tmp_path) -> None:
+    """Credentials that no environment variable holds (STS hands them out for a web-identity
+    token) stay out of -v's output: neither the token nor what STS returned is printed."""
+    import os
+    import re
+
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.V0VCSURFTlRJVFlUT0tFTg.c2lnbmF0dXJl")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL=s3_endpoint,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ROLE_ARN="arn:aws:iam::123456789012:role/glam",
+        AWS_WEB_IDENTITY_TOKEN_FILE=str(token),
+    )
+    run = subprocess.run(
+        [sys.executable, "jobs/inspect_output.py", "s3://no-such-bucket-wi/out", "-v"],
+        cwd=REPO,
+        env={**env, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = run.stdout + run.stderr
+    assert run.returncode == 1 and "error:" in run.stderr  # it did reach S3 with STS's keys
+    assert "V0VCSURFTlRJVFlUT0tFTg" not in text
+    assert not re.search(r"ASIA[A-Z0-9]{12,}", text)
+    assert not re.search(r"<(SecretAccessKey|SessionToken)>[^*<]", text)
