@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -55,6 +56,21 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _cause_of(error: Exception) -> Exception:
+    """The error a failed Ray task raised, not Ray's wrapper (whose first line is the task's
+    name, pid and ip in terminal colours)."""
+    try:
+        from ray.exceptions import RayTaskError
+    except ImportError:  # pragma: no cover
+        return error
+    while isinstance(error, RayTaskError) and isinstance(error.cause, Exception):
+        error = error.cause
+    return error
+
+
 def run_main(main: Callable[[], int]) -> int:
     """Run ``main``; every failure prints one line and exits 1 (130 on Ctrl-C). With ``-v``
     (debug logging) the traceback with its causes follows the line."""
@@ -65,16 +81,17 @@ def run_main(main: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        text = str(e).strip()
+    except Exception as failure:
+        e = _cause_of(failure)
+        text = _ANSI.sub("", str(e)).strip()
         message = text.splitlines()[0] if text else type(e).__name__
         line = f"error: {type(e).__name__}: {message}"
         if not isinstance(e, _expected_errors()):
             line = f"error: unexpected {type(e).__name__}: {message} (a bug: please report it)"
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
         if verbose:
-            trace = "".join(traceback.format_exception(e))
-            print(redact_text(trace.rstrip()), file=sys.stderr)
+            trace = "".join(traceback.format_exception(failure))
+            print(redact_text(_ANSI.sub("", trace).rstrip()), file=sys.stderr)
         elif not isinstance(e, _expected_errors()):
             line += "; -v shows the traceback"
         print(redact_text(line), file=sys.stderr)

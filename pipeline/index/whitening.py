@@ -96,6 +96,8 @@ class Whitening:
             raise ValueError(f"{source} is not a whitening file ({type(e).__name__})") from None
         if meta.get("format") != FORMAT or {"mean", "projection"} - set(tensors):
             raise ValueError(f"{source} is not a whitening file written by learn_whitening.py")
+        if not all(np.isfinite(tensors[k]).all() for k in ("mean", "projection")):
+            raise ValueError(f"{source} holds NaN or infinite values: refit it")
         return cls(
             mean=tensors["mean"].astype(np.float64),
             projection=tensors["projection"].astype(np.float64),

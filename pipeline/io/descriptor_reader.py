@@ -108,7 +108,8 @@ def to_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def iter_batches(
     uri: str, batch_rows: int = 65536
 ) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
-    """(keys, sources, descriptors (n, d)) per row-group batch, streamed from ``uri``."""
+    """(keys, sources, descriptors (n, d)) per row-group batch, streamed from ``uri``; a batch
+    holding a NaN or infinite descriptor is refused (ValueError naming the file and keys)."""
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
@@ -118,7 +119,16 @@ def iter_batches(
             sources = (
                 batch.column("source").to_pylist() if "source" in columns else [uri] * len(keys)
             )
-            yield keys, sources, to_matrix(batch.column("descriptor"))
+            x = to_matrix(batch.column("descriptor"))
+            finite = np.isfinite(x).all(axis=1)
+            if not finite.all():
+                bad = [keys[i] for i in np.flatnonzero(~finite)[:3]]
+                raise ValueError(
+                    f"{uri}: {int((~finite).sum())} descriptors hold NaN or infinite values "
+                    f"(keys {', '.join(map(repr, bad))}, …); they would poison whitening and "
+                    "every search: re-extract them"
+                )
+            yield keys, sources, x
 
 
 def sample_rows(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.io.descriptor_reader import read_descriptors
+from tests.support.descriptors import unit, write_descriptor_file
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_descriptors_are_refused_naming_the_file_and_key(tmp_path, bad) -> None:
+    x = unit(np.random.default_rng(0).normal(size=(6, 8))).astype(np.float32)
+    x[4, 2] = bad
+    uri = str(tmp_path / "descriptors" / "000000.parquet")
+    write_descriptor_file(uri, [f"k{i}" for i in range(6)], x)
+    with pytest.raises(
+        ValueError, match=r"000000\.parquet: 1 descriptors hold NaN or infinite.*'k4'"
+    ):
+        read_descriptors(str(tmp_path))
+
+
+def test_a_ray_task_failure_is_reported_by_its_cause_without_colours(capsys) -> None:
+    from ray.exceptions import RayTaskError
+
+    from jobs._cli import run_main
+
+    cause = RuntimeError("Error: 'nx >= k' failed: please provide at least as many points")
+    wrapped = RayTaskError("train_index", "\x1b[36mray::train_index()\x1b[39m (pid=1)", cause)
+
+    def fails() -> int:
+        raise wrapped.as_instanceof_cause()
+
+    assert run_main(fails) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == f"error: RuntimeError: {cause}"
