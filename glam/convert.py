@@ -404,8 +404,17 @@ _CONVERTERS: dict[str, Callable[[Any, ConversionOptions, str], Converted]] = {
 
 def convert(obj: Any, opts: ConversionOptions, source: str) -> Converted:
     """The GLAM (``attention="none"``) computing ``obj``'s global descriptor; ``source`` names
-    it in errors."""
-    return _CONVERTERS[opts.source_format](obj, opts, source)
+    it in errors. A checkpoint of another layout than the format's (entries of unexpected
+    types, missing nesting) is a ``CheckpointError`` naming the source, not a crash."""
+    try:
+        return _CONVERTERS[opts.source_format](obj, opts, source)
+    except (CheckpointError, ValueError):
+        raise
+    except (AttributeError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{source}: not a {opts.source_format} checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'malformed'})"
+        ) from e
 
 
 def convert_file(

@@ -106,6 +106,24 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (``-k 0`` would print nothing, ``--aqe 0``
+    would silently turn expansion off, ``-k -1`` would fail inside FAISS)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def printable(key: str) -> str:
+    """A key as one line of output: control characters (a newline in a key would forge the
+    next result line) escaped as Python would write them; other keys unchanged."""
+    return key if key.isprintable() else repr(key)[1:-1]
+
+
 def add_cluster_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--ray-address`` and ``-v``, the same in every job that runs on Ray."""
     add_ray_address_argument(p)
@@ -133,7 +151,7 @@ def add_database_arguments(
     """--whitening, --dba and --dba-alpha (issue 12): build_index.py and evaluate.py."""
     g = p.add_argument_group(title)
     g.add_argument("--whitening", default=None, help=whitening_help)
-    g.add_argument("--dba", type=int, default=None, metavar="K", help=dba_help)
+    g.add_argument("--dba", type=positive_int, default=None, metavar="K", help=dba_help)
     g.add_argument("--dba-alpha", type=float, default=3.0, help="DBA's alpha (3)")
 
 
@@ -148,7 +166,7 @@ def add_postprocessing_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("query-side post-processing")
     g.add_argument(
         "--aqe",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="alpha-weighted query expansion with the top K results (Radenović et al.)",
@@ -159,8 +177,10 @@ def add_postprocessing_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-rank each query's top M with neighbour-refined descriptors (SuperGlobal)",
     )
-    g.add_argument("--rerank-m", type=int, default=400, help="results re-ranked, M (400)")
-    g.add_argument("--rerank-k", type=int, default=9, help="neighbours refining each, K (9)")
+    g.add_argument("--rerank-m", type=positive_int, default=400, help="results re-ranked, M (400)")
+    g.add_argument(
+        "--rerank-k", type=positive_int, default=9, help="neighbours refining each, K (9)"
+    )
     g.add_argument("--rerank-beta", type=float, default=0.15, help="neighbour weight β (0.15)")
 
 
@@ -181,11 +201,14 @@ def query_options(args: argparse.Namespace) -> QueryOptions:
 def add_search_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--nprobe`` and ``--k-factor``: override the search defaults an index version records."""
     p.add_argument(
-        "--nprobe", type=int, default=None, help="IVF cells visited per query (the index's)"
+        "--nprobe",
+        type=positive_int,
+        default=None,
+        help="IVF cells visited per query (the index's)",
     )
     p.add_argument(
         "--k-factor",
-        type=int,
+        type=positive_int,
         default=None,
         help="refined indexes: k x this many candidates re-scored (the index's)",
     )
@@ -199,7 +222,7 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="load the index's shards into Ray actors spread over the cluster's nodes",
     )
-    g.add_argument("--actors", type=int, default=2, help="actors holding the shards (2)")
+    g.add_argument("--actors", type=positive_int, default=2, help="actors holding the shards (2)")
     g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (1)")
     g.add_argument(
         "--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (0: search on CPUs)"

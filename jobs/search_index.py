@@ -22,6 +22,8 @@ from jobs._cli import (
     add_serving_arguments,
     add_verbose_argument,
     connect_serving,
+    positive_int,
+    printable,
     query_options,
     run_main,
     setup_logging,
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --image: where the index's weights are, when not where the extraction read "
         "them (their sha256 must match)",
     )
-    p.add_argument("-k", type=int, default=10, help="results per query (10)")
+    p.add_argument("-k", type=positive_int, default=10, help="results per query (10)")
     add_search_arguments(p)
     add_postprocessing_arguments(p)
     add_gpu_arguments(p, "search")
@@ -94,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         result = found.result
         where = f"{serving.actors} actors" if serving else "this process"
         for q, key in enumerate(names):
-            print(f"query {key} (index {index.version}, {where}):")
+            print(f"query {printable(key)} (index {index.version}, {where}):")
             for rank, (hit, score) in enumerate(
                 zip(result.keys[q], result.scores[q], strict=False)
             ):
-                print(f"  {rank + 1:3d}  {score:.4f}  {hit}")
+                print(f"  {rank + 1:3d}  {score:.4f}  {printable(hit)}")
         print(f"post-processing: {'; '.join(found.applied) or 'none'}")
         return 0
 

@@ -183,3 +183,10 @@ def test_source_read_from_s3(s3_bucket: str, capsys) -> None:
     with torch.no_grad():
         close(build_glam(out)(imagenet_input(img)), net(imagenet_input(img)))
     assert "sha256" in capsys.readouterr().out
+
+
+def test_a_malformed_checkpoint_is_a_checkpoint_error_not_a_crash(tmp_path, capsys) -> None:
+    obj, src = cirtorch_obj(tmp_path)
+    obj["state_dict"][next(iter(obj["state_dict"]))] = "not a tensor"
+    with pytest.raises(CheckpointError, match=r"c\.pth: not a cirtorch checkpoint \(Attr"):
+        convert(obj, ConversionOptions("cirtorch"), src)

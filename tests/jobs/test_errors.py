@@ -140,3 +140,19 @@ def test_workload_identity_credentials_stay_out_of_verbose_logs(s3_endpoint, tmp
     assert "V0VCSURFTlRJVFlUT0tFTg" not in text
     assert not re.search(r"ASIA[A-Z0-9]{12,}", text)
     assert not re.search(r"<(SecretAccessKey|SessionToken)>[^*<]", text)
+
+
+@pytest.mark.parametrize("flag", [["-k", "0"], ["-k", "-1"], ["--aqe", "0"], ["--nprobe", "0"]])
+def test_search_counts_below_one_are_refused_before_anything_runs(flag, capsys) -> None:
+    from jobs import search_index
+
+    with pytest.raises(SystemExit) as e:
+        search_index.main(["--index", "/nowhere", "--key", "a", "--descriptors", "/x", *flag])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_keys_with_control_characters_print_as_one_line() -> None:
+    from jobs._cli import printable
+
+    assert printable("a\nquery b (index 1") == "a\\nquery b (index 1"
+    assert printable("plain/é key.jpg") == "plain/é key.jpg"
