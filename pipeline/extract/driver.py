@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import ray
 
 from glam import IMAGENET, RANDOM, build_glam
+from glam.extract import Precision
 from pipeline.extract.actors import (
     MAX_CPUS_PER_GPU_ACTOR,
     ActorInfo,
@@ -25,9 +27,16 @@ from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.layout import job_uri, marker_uri, markers_folder
-from pipeline.io.redact import redact
+from pipeline.io.redact import redact, redact_text
 from pipeline.io.shards import list_shards, shard_id
-from pipeline.io.storage import WEIGHTS_STORE, filesystem, join, read_json, write_json_atomic
+from pipeline.io.storage import (
+    WEIGHTS_STORE,
+    canonical_uri,
+    filesystem,
+    join,
+    read_json,
+    write_json_atomic,
+)
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
@@ -85,13 +94,16 @@ class JobResult:
 
 
 def check_output(
-    output: str, fp: dict[str, Any], shard_ids: list[str]
+    output: str, fp: dict[str, Any], shards: list[str]
 ) -> tuple[dict[str, Any] | None, dict[str, ShardStats], set[str]]:
     """The output's previous ``_job.json``, the committed shards (by shard id) of this
-    configuration, and the precisions they were made in; refuse an output that holds shards of
-    another configuration. A precision of ``auto`` (resolved later, on the actors) matches any.
-    A configuration that committed no shard does not bind the output: the next run's replaces
-    it."""
+    configuration, and the precisions the output's shards were made in; refuse an output that
+    holds shards of another configuration, and a shard committed from another source under
+    the same name (``day1/000000.tar`` committed, ``day2/000000.tar`` given: skipping it would
+    lose day2's images). A precision of ``auto`` (resolved later, on the actors) matches any
+    but is bound to the precision of whatever the output committed, from any input (one
+    listing of the markers). A configuration that committed no shard does not bind the
+    output: the next run's replaces it."""
     unresolved = ("precision",) if fp["precision"] == "auto" else ()
     wanted = _without(fp, unresolved)
 
@@ -102,12 +114,13 @@ def check_output(
     precisions: set[str] = set()
     previous = read_json(job_uri(output))
     recorded = _without((previous or {}).get("fingerprint", {}), unresolved)
-    if previous is not None and recorded != wanted:
+    if previous is not None and (recorded != wanted or unresolved):
         # The shards committed bind the output (they all share one fingerprint: this very
         # check keeps it so), not the record of a run that may have committed nothing.
         bound = committed_fingerprint(output)
         if bound is not None:
             check(output, bound)
+    if previous is not None and recorded != wanted:
         log.warning(
             "%s: the previous run's configuration (differs in: %s) committed no shard; "
             "this run's replaces it",
@@ -116,12 +129,23 @@ def check_output(
         )
         previous = None
     committed = {}
-    for sid in shard_ids:
+    moved = []
+    for shard in shards:
+        sid = shard_id(shard)
         marker = read_json(marker_uri(output, sid))
         if marker is None:
             continue
         check(f"shard {sid} in {output}", marker.get("fingerprint", {}))
-        committed[sid] = ShardStats.from_dict(marker)
+        stats = ShardStats.from_dict(marker)
+        if canonical_uri(stats.source) != canonical_uri(redact_text(shard)):  # stored redacted
+            moved.append(f"{sid} (committed from {stats.source}, given {redact_text(shard)})")
+        committed[sid] = stats
+    if moved:
+        raise OutputMismatchError(
+            f"{output} holds shards of the same name from other sources: "
+            f"{'; '.join(moved[:3])}{'; …' if len(moved) > 3 else ''} ({len(moved)} in all); "
+            "shard names identify a shard in an output: extract each folder to its own output"
+        )
     return previous, committed, precisions
 
 
@@ -178,20 +202,27 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
     shards = list_shards(job.input)
     ids = [shard_id(s) for s in shards]
     weights = [] if job.spec.weights in (None, RANDOM, IMAGENET) else [job.spec.weights]
-    preflight(read=[shards[0], *weights], write=[job.output])
+    preflight(read=[shards[0], *weights], write=[])
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed, store=WEIGHTS_STORE)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
-    previous, committed, precisions = check_output(job.output, fp, ids)
+    previous, committed, precisions = check_output(job.output, fp, shards)
     if previous is not None and len(committed) == len(shards):
         result = JobResult(shards=len(shards), skipped=len(shards))
         result.wall_s = time.monotonic() - t0
         log.info("every shard is committed: nothing to do")
         log.info("%s", result.summary())
         return result
+    preflight(read=[], write=[job.output])  # a finished output is only read: no probe there
     with Lease(job.output, "extract", ttl_s=lease_ttl_s) as lease:
         # As it is now, under the lease.
-        previous, committed, precisions = check_output(job.output, fp, ids)
+        previous, committed, precisions = check_output(job.output, fp, shards)
+        if fp["precision"] == "auto" and len(precisions) == 1:
+            # auto is bound to what the output committed: one output, one precision.
+            bound = cast(Precision, next(iter(precisions)))
+            log.info("--precision auto: %s, the precision of the output's shards", bound)
+            job = replace(job, spec=replace(job.spec, precision=bound))
+            fp = {**fp, "precision": bound}
         return _extract(job, shards, ids, fp, previous, committed, precisions, lease, t0)
 
 
@@ -209,8 +240,6 @@ def _extract(
     todo = [s for s, sid in zip(shards, ids, strict=True) if sid not in committed]
     result = JobResult(shards=len(shards), skipped=len(shards) - len(todo))
     log.info("%d shards, %d already committed, %d to do", len(shards), result.skipped, len(todo))
-    if not todo and fp["precision"] == "auto" and len(precisions) == 1:
-        fp = {**fp, "precision": next(iter(precisions))}  # nothing to compute: as recorded
     record: dict[str, Any] = {
         "input": job.input,
         "output": job.output,
@@ -233,6 +262,11 @@ def _extract(
             record["actor_restarts"] = _run_shards(
                 job, todo, result, new_stats, actors, workers, board, lease
             )
+        except KeyboardInterrupt:
+            # Ctrl-C: the record says so (not "running" for ever); committed shards stay.
+            record.update(status="interrupted", finished_at=now())
+            write_json_atomic(job_uri(job.output), redact(record))
+            raise
         finally:
             for actor in [*actors, board]:
                 ray.kill(actor, no_restart=True)
@@ -430,6 +464,8 @@ def _run_shards(
                 finish(stats)
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards
+                if failpoints.trigger("driver_interrupt_after_shards", str(result.committed)):
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two shards
             if time.monotonic() - last_poll >= PROGRESS_POLL_S:
                 last_poll = time.monotonic()
                 _poll_progress(board, progress)

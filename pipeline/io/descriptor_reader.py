@@ -4,15 +4,18 @@ a plain folder written by another tool; streaming in row-group batches; one mode
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from pipeline.io.layout import descriptors_uri
-from pipeline.io.storage import filesystem, join, read_json, unstrip
+from pipeline.io.storage import filesystem, is_local, join, read_json, unstrip
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ MODEL_KEYS = (
 class DescriptorFile:
     uri: str
     size: int
-    etag: str  # ETag on object stores, mtime locally: changes when the file changes
+    etag: str  # changes when the file changes (``_version_tag``)
     rows: int
     dim: int
     metadata: dict[str, str]
@@ -55,8 +58,18 @@ def _describe(uri: str) -> DescriptorFile:
     if not pa.types.is_fixed_size_list(dtype) or not pa.types.is_floating(dtype.value_type):
         raise ValueError(f"{uri}: 'descriptor' must be fixed_size_list<float>, found {dtype}")
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    etag = str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or "")
-    return DescriptorFile(uri, int(info.get("size") or 0), etag, rows, dtype.list_size, meta)
+    size = int(info.get("size") or 0)
+    return DescriptorFile(uri, size, _version_tag(fs, path, info), rows, dtype.list_size, meta)
+
+
+def _version_tag(fs: AbstractFileSystem, path: str, info: dict[str, Any]) -> str:
+    """What changes when the file changes: the ETag on object stores; locally the inode and
+    the change time besides the mtime. ``cp -p`` and ``rsync -a`` keep size and mtime, but
+    no one can keep the ctime (the kernel sets it) or, for a new file, the inode."""
+    if is_local(fs):
+        st = os.stat(path)
+        return f"mtime={st.st_mtime_ns} ctime={st.st_ctime_ns} inode={st.st_ino}"
+    return str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or "")
 
 
 def list_descriptor_files(folder: str) -> list[DescriptorFile]:

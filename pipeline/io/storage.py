@@ -107,14 +107,16 @@ def unstrip(fs: AbstractFileSystem, path: str, like: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def canonical_uri(uri: str) -> str:
+    """One spelling per location: local paths absolute (``file://`` dropped), no trailing
+    slash; other URIs as given."""
+    uri = uri.removeprefix("file://").rstrip("/")
+    return os.path.abspath(uri) if "://" not in uri else uri
+
+
 def check_output_folder(output: str, input_folder: str, what: str) -> None:
     """Refuse an output folder that is the job's input folder (``what`` names the input)."""
-
-    def norm(uri: str) -> str:
-        uri = uri.removeprefix("file://").rstrip("/")
-        return os.path.abspath(uri) if "://" not in uri else uri
-
-    if norm(output) == norm(input_folder):
+    if canonical_uri(output) == canonical_uri(input_folder):
         raise ValueError(f"--output {output} is the folder of the {what}: use a folder of its own")
 
 

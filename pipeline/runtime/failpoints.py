@@ -5,7 +5,8 @@ each fires once per (name, value), remembered by a flag file in ``GLAM_FAILPOINT
 re-run or a restarted actor proceeds normally. ``actor_restart_delay_s=S`` is not a one-off:
 every restarted extraction actor sleeps S seconds before loading its model (a slow restart,
 as on a GPU node loading weights from S3); ``actor_crash_always_in_shard=ID`` crashes the
-actor on that shard every time (a shard that kills whatever processes it).
+actor on that shard every time (a shard that kills whatever processes it);
+``driver_interrupt_after_shards=N`` sends the driver SIGINT (Ctrl-C) after its N-th commit.
 """
 
 from __future__ import annotations

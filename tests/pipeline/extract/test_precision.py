@@ -35,7 +35,9 @@ def output_made_in(tmp_path: Path, precision: str) -> str:
 
 def test_auto_accepts_any_stored_precision_until_the_actors_resolve_it(tmp_path: Path) -> None:
     out = output_made_in(tmp_path, "bf16")
-    previous, committed, precisions = check_output(out, fp("auto"), ["000000", "000001"])
+    previous, committed, precisions = check_output(
+        out, fp("auto"), ["s/000000.tar", "s/000001.tar"]
+    )
     assert previous is not None and list(committed) == ["000000"] and precisions == {"bf16"}
     assert resolved_fingerprint(out, fp("auto"), [actor("bf16")] * 2, precisions) == fp("bf16")
     with pytest.raises(OutputMismatchError, match=r"precision.*bf16.*resolves to fp32"):
@@ -45,8 +47,26 @@ def test_auto_accepts_any_stored_precision_until_the_actors_resolve_it(tmp_path:
 def test_explicit_precision_must_match_the_output(tmp_path: Path) -> None:
     out = output_made_in(tmp_path, "bf16")
     with pytest.raises(OutputMismatchError, match="differs in: precision"):
-        check_output(out, fp("fp32"), ["000000"])
-    check_output(out, fp("bf16"), ["000000"])
+        check_output(out, fp("fp32"), ["s/000000.tar"])
+    check_output(out, fp("bf16"), ["s/000000.tar"])
+
+
+def test_auto_is_bound_to_the_precision_of_shards_another_input_committed(tmp_path) -> None:
+    """Run 1 committed shard 0 in fp32; run 2 with auto gives shards 1-2 only: the output's
+    precision still binds it (its markers are not among run 2's shards)."""
+    out = output_made_in(tmp_path, "fp32")
+    _, committed, precisions = check_output(out, fp("auto"), ["s/000001.tar", "s/000002.tar"])
+    assert committed == {} and precisions == {"fp32"}
+
+
+def test_a_shard_of_the_same_name_from_another_folder_is_refused(tmp_path) -> None:
+    out = output_made_in(tmp_path, "bf16")  # s/000000.tar committed
+    with pytest.raises(
+        OutputMismatchError, match=r"000000 \(committed from s/000000.tar, given day2/000000.tar\)"
+    ):
+        check_output(out, fp("bf16"), ["day2/000000.tar"])
+    same = str(Path("s/000000.tar").resolve())  # the same file, spelled absolutely
+    assert list(check_output(out, fp("bf16"), [same])[1]) == ["000000"]
 
 
 def test_actors_that_resolve_differently_are_refused(tmp_path: Path) -> None:

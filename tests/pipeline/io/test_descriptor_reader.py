@@ -33,3 +33,30 @@ def test_a_ray_task_failure_is_reported_by_its_cause_without_colours(capsys) -> 
     assert run_main(fails) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line == f"error: RuntimeError: {cause}"
+
+
+def test_a_local_file_replaced_keeping_its_size_and_mtime_is_seen_as_changed(tmp_path) -> None:
+    """``cp -p`` / ``rsync -a`` of other descriptors of the same size over a file keep its
+    size and mtime; the version tag still changes (an index rebuild must not say up to
+    date)."""
+    import os
+    import shutil
+
+    from pipeline.io.descriptor_reader import list_descriptor_files
+
+    rng = np.random.default_rng(1)
+    keys = [f"k{i}" for i in range(6)]
+    uri = tmp_path / "data" / "descriptors" / "000000.parquet"
+    x = unit(rng.normal(size=(6, 8))).astype(np.float32)
+    other = tmp_path / "other.parquet"
+    write_descriptor_file(str(uri), keys, x[::-1].copy())  # other rows for the same keys
+    os.replace(uri, other)
+    write_descriptor_file(str(uri), keys, x)
+    (before,) = list_descriptor_files(str(tmp_path / "data"))
+    assert other.stat().st_size == uri.stat().st_size
+    stat = uri.stat()
+    shutil.copy2(other, uri)  # cp -p: content replaced in place ...
+    os.utime(uri, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... mtime kept
+    (after,) = list_descriptor_files(str(tmp_path / "data"))
+    assert (after.size, uri.stat().st_mtime_ns) == (before.size, stat.st_mtime_ns)
+    assert after.etag != before.etag

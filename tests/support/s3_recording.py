@@ -1,0 +1,33 @@
+"""The requests a block of code sends to the moto server, from moto's own recorder."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def _post(endpoint: str, action: str) -> None:
+    request = urllib.request.Request(f"{endpoint}/moto-api/recorder/{action}", method="POST")
+    urllib.request.urlopen(request, timeout=30).close()
+
+
+@contextmanager
+def recorded_requests(endpoint: str) -> Iterator[list[tuple[str, str]]]:
+    """Yields a list that holds, after the block, the (method, path) of every request the
+    server received during it."""
+    requests: list[tuple[str, str]] = []
+    _post(endpoint, "reset-recording")
+    _post(endpoint, "start-recording")
+    try:
+        yield requests
+    finally:
+        _post(endpoint, "stop-recording")
+        url = f"{endpoint}/moto-api/recorder/download-recording"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            lines = response.read().decode().splitlines()
+        for line in lines:
+            entry = json.loads(line)
+            path = "/" + entry["url"].split("://", 1)[-1].split("/", 1)[-1]
+            requests.append((entry["method"], path))
