@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -18,6 +19,11 @@ from tests.support.ray_head import RayHead, start_ray_head
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+# moto's request recorder (tests/support/s3_recording.py) writes to this file, read at import.
+os.environ.setdefault(
+    "MOTO_RECORDER_FILEPATH",
+    os.path.join(tempfile.gettempdir(), f"moto_recording-{os.getpid()}-{uuid.uuid4().hex[:8]}"),
+)
 
 # Fixtures that start or use a real service: a test that takes any of them is end to end.
 SLOW_FIXTURES = frozenset({"s3_endpoint", "s3_bucket", "ray_local", "ray_head", "shards"})
