@@ -29,6 +29,8 @@ MODEL_KEYS = (
     "image_size",
     "precision",
     "descriptor_dim",
+    "max_pixels",
+    "jpeg_draft",
 )
 
 

@@ -64,6 +64,9 @@ class LeaseRecord:
     ttl_s: float
     detail: str = ""  # e.g. the index version being built
     started: str = ""  # the holder process's start time on its host (tells a reused pid)
+    # The holder's PID namespace (Linux: /proc/self/ns/pid): containers that share a hostname
+    # each have their own, in which the other's pid means nothing.
+    pid_namespace: str = ""
 
     def describe(self, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - self.heartbeat_at
@@ -78,6 +81,8 @@ class LeaseRecord:
         """True when the holder ran on this host and that process no longer runs."""
         if self.host != socket.gethostname():
             return False  # another host: only the heartbeat tells
+        if not self.pid_namespace or self.pid_namespace != pid_namespace():
+            return False  # another container on this host (or unknown): only the heartbeat
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -92,6 +97,14 @@ class LeaseRecord:
     @classmethod
     def from_bytes(cls, data: bytes) -> LeaseRecord:
         return cls(**json.loads(data))
+
+
+def pid_namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``), or "" where there is none to read."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def process_start(pid: int) -> str:
@@ -131,6 +144,7 @@ class Lease:
             ttl_s,
             detail,
             process_start(os.getpid()),
+            pid_namespace(),
         )
         self._tag: str | None = None
         self._lost: str = ""

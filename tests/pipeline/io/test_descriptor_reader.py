@@ -60,3 +60,23 @@ def test_a_local_file_replaced_keeping_its_size_and_mtime_is_seen_as_changed(tmp
     (after,) = list_descriptor_files(str(tmp_path / "data"))
     assert (after.size, uri.stat().st_mtime_ns) == (before.size, stat.st_mtime_ns)
     assert after.etag != before.etag
+
+
+@pytest.mark.parametrize("change", [{"jpeg_draft": False}, {"max_pixels": 1000}])
+def test_files_decoded_under_other_settings_are_not_mixed(tmp_path, change) -> None:
+    """The pixel limit and the draft decode change descriptors (and which samples error):
+    files that differ in them are refused together, as other configurations are."""
+    from pipeline.extract.spec import ExtractionSpec, fingerprint
+    from pipeline.io.descriptor_reader import check_same_model, list_descriptor_files
+    from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
+    from pipeline.io.storage import write_bytes_atomic
+
+    x = unit(np.random.default_rng(2).normal(size=(3, 8))).astype(np.float32)
+    cfg = {"backbone": "resnet101", "dim": 8}
+    for name, spec in (("000000", ExtractionSpec()), ("000001", ExtractionSpec(**change))):
+        meta = file_metadata(fingerprint(spec, cfg, "a" * 64), "test")
+        uri = str(tmp_path / "descriptors" / f"{name}.parquet")
+        table = descriptor_table(["a", "b", "c"], uri, x, [1] * 3, [1] * 3, meta)
+        write_bytes_atomic(uri, parquet_bytes(table))
+    with pytest.raises(ValueError, match=f"differ in: {next(iter(change))}"):
+        check_same_model(list_descriptor_files(str(tmp_path)))

@@ -120,3 +120,23 @@ def test_a_live_process_of_this_host_keeps_its_lease(output: str) -> None:
     with pytest.raises(LeaseHeldError):
         lease(output).acquire()
     held.release()
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_keeps_its_lease(tmp_path) -> None:
+    """Containers share a hostname but not a PID namespace: a pid that is gone here may run
+    there (``unshare --pid``), so only the heartbeat can tell; a record that names no
+    namespace (an older one) is judged the same way."""
+    import subprocess
+    import sys
+
+    output = str(tmp_path / "out")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    held = lease(output).acquire()
+    record = json.loads(read_bytes(join(output, LEASE_FILE)))
+    for namespace in ("pid:[1]", ""):
+        record.update(pid=int(gone.stdout), pid_namespace=namespace)
+        write_bytes_atomic(join(output, LEASE_FILE), json.dumps(record).encode())
+        with pytest.raises(LeaseHeldError):
+            lease(output).acquire()
+    held._stop.set()
