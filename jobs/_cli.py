@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -56,25 +55,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _cause_of(error: Exception) -> Exception:
-    """The error a failed Ray task raised, not Ray's wrapper (whose first line is the task's
-    name, pid and ip in terminal colours)."""
-    try:
-        from ray.exceptions import RayTaskError
-    except ImportError:  # pragma: no cover
-        return error
-    while isinstance(error, RayTaskError) and isinstance(error.cause, Exception):
-        error = error.cause
-    return error
-
-
 def run_main(main: Callable[[], int]) -> int:
     """Run ``main``; every failure prints one line and exits 1 (130 on Ctrl-C). With ``-v``
     (debug logging) the traceback with its causes follows the line."""
     from pipeline.io.redact import redact_text
+    from pipeline.runtime.cluster import task_cause, without_colours
 
     try:
         return main()
@@ -82,8 +67,8 @@ def run_main(main: Callable[[], int]) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as failure:
-        e = _cause_of(failure)
-        text = _ANSI.sub("", str(e)).strip()
+        e = task_cause(failure)
+        text = without_colours(str(e)).strip()
         message = text.splitlines()[0] if text else type(e).__name__
         line = f"error: {type(e).__name__}: {message}"
         if not isinstance(e, _expected_errors()):
@@ -91,7 +76,7 @@ def run_main(main: Callable[[], int]) -> int:
         verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
         if verbose:
             trace = "".join(traceback.format_exception(failure))
-            print(redact_text(_ANSI.sub("", trace).rstrip()), file=sys.stderr)
+            print(redact_text(without_colours(trace).rstrip()), file=sys.stderr)
         elif not isinstance(e, _expected_errors()):
             line += "; -v shows the traceback"
         print(redact_text(line), file=sys.stderr)
@@ -107,8 +92,7 @@ def float_list(text: str) -> tuple[float, ...]:
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: a count of at least 1 (``-k 0`` would print nothing, ``--aqe 0``
-    would silently turn expansion off, ``-k -1`` would fail inside FAISS)."""
+    """An argparse type: a count of at least 1 (``-k 0`` prints nothing, ``--aqe 0`` is off)."""
     try:
         value = int(text)
     except ValueError:

@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the DCT domain, never below that size (default on; --no-jpeg-draft decodes fully)",
     )
     p.add_argument(
+        "--query-crop-scale",
+        choices=["full_image", "crop"],
+        default="full_image",
+        help="query crops (images carrying their full image's size, as prepare_revisitop.py "
+        "writes them): full_image scales them by the full image's factor, as the protocol's "
+        "reference code does (default); crop scales each crop's longer side to --image-size",
+    )
+    p.add_argument(
         "--cpus-per-actor",
         type=float,
         default=None,
@@ -162,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "decode": args.decode,
             "decode_workers": args.decode_workers,
             "jpeg_draft": args.jpeg_draft,
+            "query_crop_scale": args.query_crop_scale,
             "shard_attempts": args.shard_attempts,
             "retry_backoff_s": args.retry_backoff,
         }

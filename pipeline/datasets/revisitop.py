@@ -14,9 +14,10 @@ import logging
 import tarfile
 from collections.abc import Iterable, Iterator
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from pipeline.datasets.gnd import load_gnd
+from pipeline.io.shard_reader import FULL_SIZE_TEXT
 from pipeline.io.shard_writer import write_sharded
 from pipeline.io.storage import exists, filesystem, join, read_bytes, unstrip
 
@@ -24,12 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def _crop_png(data: bytes, bbx: Iterable[float]) -> bytes:
-    """The query's bounding box (x1, y1, x2, y2) of the image, as lossless PNG."""
+    """The query's bounding box (x1, y1, x2, y2) of the image, as lossless PNG, with the full
+    image's size in a text chunk (``FULL_SIZE_TEXT``): the protocol scales a query crop by
+    the full image's factor (cirtorch: ``imsize * max(crop) / max(full)``), so extraction
+    needs it."""
     x1, y1, x2, y2 = (float(v) for v in bbx)
     img = Image.open(io.BytesIO(data))
     img.load()
+    info = PngImagePlugin.PngInfo()
+    info.add_text(FULL_SIZE_TEXT, f"{img.size[0]}x{img.size[1]}")
     buf = io.BytesIO()
-    img.crop((x1, y1, x2, y2)).save(buf, format="PNG")
+    img.crop((x1, y1, x2, y2)).save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 

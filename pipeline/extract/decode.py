@@ -3,6 +3,7 @@ and every other image member of a sample a row of its own (``decode_sample``).""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -16,7 +17,9 @@ from glam.preprocess import (
     decode_rgb,
     resize_longer_side,
 )
-from pipeline.io.shard_reader import RawSample
+from pipeline.io.shard_reader import FULL_SIZE_TEXT, RawSample
+
+QUERY_CROP_SCALES = ("full_image", "crop")
 
 # The part of each member's error message kept in the row of a sample none of whose members
 # decodes (the row names every member).
@@ -97,6 +100,7 @@ def decode_sample(
     image_size: int,
     max_pixels: int,
     draft_side: int | None = None,
+    crop_scale: str = "full_image",
 ) -> Item:
     """Decode on the CPU: RGB, EXIF orientation, longer side to ``image_size`` (PIL bilinear),
     uint8. ``draft_side``: decode large JPEGs in the DCT domain down to about that side.
@@ -106,13 +110,18 @@ def decode_sample(
     tried before it with their own error, those after it as ``extra_image`` (not decoded).
     When none decodes, the sample is one error row: the first member's error type, every
     member's failure in the message. A sample with one image member costs one decode.
+
+    ``crop_scale``: how a query crop (an image carrying ``FULL_SIZE_TEXT``) is sized.
+    ``full_image`` (the protocol's reference code, cirtorch's ``ImagesFromList``): by the full
+    image's factor, longer side ``floor(image_size * max(crop) / max(full))``; ``crop``: like
+    any image, longer side ``image_size`` (usually an enlargement).
     """
     members = image_members(index, raw)
     if isinstance(members, SampleError):
         return members
     failed: list[tuple[str, SampleError]] = []
     for n, (ext, data) in enumerate(members):
-        item = decode_bytes(index, raw.key, data, image_size, max_pixels, draft_side)
+        item = decode_bytes(index, raw.key, data, image_size, max_pixels, draft_side, crop_scale)
         if isinstance(item, SampleError):
             failed.append((ext, item))
             continue
@@ -156,6 +165,23 @@ def _none_decoded(index: int, key: str, failed: list[tuple[str, SampleError]]) -
     return SampleError(index, key, failed[0][1].error, f"no image member decodes: {parts}")
 
 
+def crop_side(img: Image.Image, image_size: int) -> int:
+    """The longer side a query crop is scaled to: ``floor(image_size * max(crop) /
+    max(full))`` as cirtorch computes it (PIL's ``thumbnail`` floors the size it is given),
+    for an image that carries its full image's size (``FULL_SIZE_TEXT``); ``image_size`` for
+    any other image."""
+    text = img.info.get(FULL_SIZE_TEXT)
+    if not isinstance(text, str):
+        return image_size
+    try:
+        full = max(int(v) for v in text.split("x", 1))
+    except ValueError:
+        raise ValueError(f"{FULL_SIZE_TEXT} {text[:40]!r} is not WIDTHxHEIGHT") from None
+    if full < max(img.size):
+        raise ValueError(f"a crop of {img.size} cannot come from an image of {text[:40]}")
+    return max(1, math.floor(image_size * max(img.size) / full))
+
+
 def decode_bytes(
     index: int,
     key: str,
@@ -163,6 +189,7 @@ def decode_bytes(
     image_size: int,
     max_pixels: int,
     draft_side: int | None = None,
+    crop_scale: str = "full_image",
 ) -> Item:
     """Decode one image member's bytes as the sample ``key`` (see ``decode_sample``): the image,
     or an ``empty``, ``oversized`` or ``undecodable`` error row."""
@@ -170,7 +197,8 @@ def decode_bytes(
         return _empty(index, key)
     try:
         rgb, (width, height) = decode_rgb(data, max_pixels=max_pixels, draft_side=draft_side)
-        x = pixels(resize_longer_side(rgb, image_size))  # (H, W, 4)
+        side = crop_side(rgb, image_size) if crop_scale == "full_image" else image_size
+        x = pixels(resize_longer_side(rgb, side))  # (H, W, 4)
     except ImageDecodeError as e:
         kind = "oversized" if isinstance(e, ImageTooLargeError) else "undecodable"
         return SampleError(index, key, kind, str(e)[:500])

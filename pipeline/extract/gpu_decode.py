@@ -200,12 +200,14 @@ class DeviceJpegDecoder:
         image_size: int,
         max_pixels: int,
         draft_side: int | None,
+        crop_scale: str = "full_image",
         decoder: Decoder = torchvision_decode,
     ) -> None:
         self.device = device
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.draft_side = draft_side
+        self.crop_scale = crop_scale  # query crops are PNGs: decoded on the CPU path
         self.decoder = decoder
         self._lock = threading.Lock()
         self._stream: Any = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -227,7 +229,9 @@ class DeviceJpegDecoder:
             w, h = r.header.width, r.header.height
             results.append(DecodedSample(r.index, r.key, x, *((h, w) if swapped else (w, h))))
         for index, raw in cpu:
-            item = decode_sample(index, raw, self.image_size, self.max_pixels, self.draft_side)
+            item = decode_sample(
+                index, raw, self.image_size, self.max_pixels, self.draft_side, self.crop_scale
+            )
             results.extend(sample_rows(item))
         results.sort(key=lambda item: item.index)  # stable: a sample's rows stay in order
         return results, len(images)

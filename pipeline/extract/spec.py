@@ -49,6 +49,10 @@ class ExtractionSpec:
     # Decode a JPEG at least twice the largest scale's size at 1/2, 1/4 or 1/8 scale in the
     # DCT domain (never below that size). NOTE: not in paper; moves descriptors slightly.
     jpeg_draft: bool = True
+    # How a query crop (an image carrying its full image's size) is sized: full_image, by the
+    # full image's factor as the protocol's reference code does (cirtorch), or crop, like any
+    # image (longer side image_size; the behaviour before, kept for comparison).
+    query_crop_scale: Literal["full_image", "crop"] = "full_image"
 
     def __post_init__(self) -> None:
         if self.weights:
@@ -67,6 +71,10 @@ class ExtractionSpec:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.query_crop_scale not in ("full_image", "crop"):
+            raise ValueError(
+                f"query crop scale must be full_image or crop, got {self.query_crop_scale!r}"
+            )
         if self.decode not in DECODERS:
             raise ValueError(f"decode must be cpu or gpu, got {self.decode!r}")
         for name in ("batch_size", "max_pixels", "shard_attempts", "prefetch"):
@@ -142,6 +150,7 @@ def fingerprint(
         "precision": precision or spec.precision,
         "max_pixels": spec.max_pixels,
         "jpeg_draft": spec.jpeg_draft,
+        "query_crop_scale": spec.query_crop_scale,
     }
     normalised: dict[str, Any] = json.loads(json.dumps(fp))
     return normalised

@@ -161,7 +161,9 @@ class ShardWorker:
     def _chunk_decoder(self, device: torch.device) -> tuple[ChunkDecoder, int]:
         spec, side = self.spec, draft_side(self.spec)
         if self.decode == "gpu":
-            decoder = DeviceJpegDecoder(device, spec.image_size, spec.max_pixels, side)
+            decoder = DeviceJpegDecoder(
+                device, spec.image_size, spec.max_pixels, side, spec.query_crop_scale
+            )
             return decoder.decode, DEVICE_DECODE_CHUNK
 
         def on_cpu(samples: Sequence[tuple[int, RawSample]]) -> tuple[list[Item], int]:
@@ -169,7 +171,9 @@ class ShardWorker:
                 row
                 for i, raw in samples
                 for row in sample_rows(
-                    decode_sample(i, raw, spec.image_size, spec.max_pixels, side)
+                    decode_sample(
+                        i, raw, spec.image_size, spec.max_pixels, side, spec.query_crop_scale
+                    )
                 )
             ]
             return items, 0

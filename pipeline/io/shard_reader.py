@@ -27,6 +27,9 @@ from typing import IO
 from pipeline.io.storage import filesystem
 
 READ_BLOCK_BYTES = 8 * 1024 * 1024
+# A PNG text chunk holding "WxH", the size of the image a query crop was cut from
+# (pipeline/datasets/revisitop.py writes it; extraction scales the crop by it).
+FULL_SIZE_TEXT = "glam:full_size"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm")
 
 

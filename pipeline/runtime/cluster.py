@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import tempfile
 import time
@@ -83,3 +84,19 @@ def wait_for_job_submission(dashboard_url: str, timeout_s: float = 120.0) -> Non
             last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
         time.sleep(0.5)
     raise TimeoutError(f"{dashboard_url} accepted no job in {timeout_s:.0f}s: {last_error}")
+
+
+_COLOURS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def without_colours(text: str) -> str:
+    """``text`` without terminal colour codes (Ray colours task names in its errors)."""
+    return _COLOURS.sub("", text)
+
+
+def task_cause(error: Exception) -> Exception:
+    """The error a failed Ray task raised, not Ray's wrapper (whose first line is the task's
+    name, pid and ip in terminal colours)."""
+    while isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, Exception):
+        error = error.cause
+    return error

@@ -10,7 +10,7 @@ from PIL import Image
 from jobs.prepare_revisitop import main as prepare_main
 from pipeline.datasets.gnd import load_gnd
 from pipeline.datasets.synthetic import write_revisitop_miniature
-from pipeline.io.shard_reader import iter_shard
+from pipeline.io.shard_reader import FULL_SIZE_TEXT, iter_shard
 from pipeline.io.shards import list_shards
 
 
@@ -31,6 +31,14 @@ def test_database_and_query_crops(s3_bucket: str) -> None:
     x1, y1, x2, y2 = gnd.queries[0].bbx
     crop = Image.open(io.BytesIO(queries["query_0"]["png"]))
     assert crop.size == (round(x2) - round(x1), round(y2) - round(y1))
+    full = Image.open(io.BytesIO(db_or_query_image(root, "query_0")))
+    assert crop.info[FULL_SIZE_TEXT] == f"{full.size[0]}x{full.size[1]}"  # for the scaling
+
+
+def db_or_query_image(root: str, name: str) -> bytes:
+    from pipeline.io.storage import read_bytes
+
+    return read_bytes(f"{root}/roxford5k/jpg/{name}.jpg")
 
 
 @pytest.mark.parametrize("archives", [False, True])

@@ -200,3 +200,32 @@ def test_every_exception_a_mutated_image_raises_is_an_error_row() -> None:
         out = decode_sample(n, RawSample("k", {"jpg": bytes(data)}), 32, 1_000_000)
         kinds.add(type(out).__name__)
     assert kinds == {"DecodedSample", "SampleError"}
+
+
+def query_crop(full: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[bytes, Image.Image]:
+    """A query crop as prepare_revisitop.py writes it, and the crop itself."""
+    from pipeline.datasets.revisitop import _crop_png
+
+    whole = image(np.random.default_rng(6), *full)
+    data = _crop_png(encode(whole, quality=95), box)
+    return data, Image.open(io.BytesIO(data)).convert("RGB")
+
+
+@pytest.mark.parametrize("size", [64, 100])
+def test_query_crops_are_scaled_by_the_full_images_factor_as_cirtorch_does(size) -> None:
+    """cirtorch's ImagesFromList: ``imresize(crop, imsize * max(crop.size) / imfullsize)``,
+    where imresize is PIL's ``thumbnail`` (it floors the size it is given): the crop keeps
+    its scale relative to the database images instead of being enlarged to ``size``."""
+    data, crop = query_crop((160, 120), (30, 20, 110, 70))  # an 80 x 50 crop
+    out = decode_sample(0, RawSample("q", {"png": data}), size, 10**7)
+    assert isinstance(out, DecodedSample)
+    reference = crop.copy()
+    reference.thumbnail((size * max(crop.size) / 160,) * 2)  # cirtorch's formula, literally
+    assert tuple(out.image.shape[:2]) == (reference.size[1], reference.size[0])
+    assert max(out.image.shape[:2]) == int(size * 80 / 160) < size
+
+
+def test_query_crops_can_be_scaled_like_any_image_by_name() -> None:
+    data, _ = query_crop((160, 120), (30, 20, 110, 70))
+    out = decode_sample(0, RawSample("q", {"png": data}), 64, 10**7, crop_scale="crop")
+    assert isinstance(out, DecodedSample) and tuple(out.image.shape[:2]) == (40, 64)
