@@ -129,7 +129,15 @@ def prepare(
         cand = Candidates(out.x, index)
         s, v, _ = cand.top(out.x, post.dba.k, exclude_db=np.arange(len(out.x)))
         out.x = alpha_expand(out.x, v, s, post.dba.alpha)
-        out.applied.append(f"DBA k={post.dba.k} alpha={post.dba.alpha:g}")
+        applied = f"DBA k={post.dba.k} alpha={post.dba.alpha:g}"
+        if index is not None:
+            # NOTE: not in paper (the protocol leaves it open): stated wherever it applies.
+            applied += (
+                ": the database over database + distractors; the distractors were augmented "
+                "among themselves at build time (their neighbours exclude the database), not "
+                "jointly"
+            )
+        out.applied.append(applied)
     elif built is not None:
         raise ValueError(
             f"the distractor index was built with DBA k={built.k}: pass --dba {built.k} "

@@ -138,6 +138,8 @@ def test_with_a_distractor_index_built_with_whitening_and_dba(
         report["postprocessing"][0].startswith("whitening")
         and "index" in report["postprocessing"][0]
     )
+    dba = report["postprocessing"][1]  # the approximation is stated, not only "DBA k=3"
+    assert dba.startswith("DBA k=3 alpha=3: ") and "among themselves" in dba and "jointly" in dba
     # A database augmented differently from the distractors is refused, both ways.
     args = ["--gnd", f"{root}/gnd_roxford5k.pkl", "--queries", f"{root}/q", "--database"]
     args += [f"{root}/db", "--report", str(tmp_path / "r.json"), "--distractors", index]
