@@ -302,6 +302,7 @@ def key_figures(step: str, result: dict[str, Any]) -> str:
             extra = f", MFU {r['MFU']}" if "MFU" in r else ""
             extra += f", {r['vs bare model']:g}x the bare model" if "vs bare model" in r else ""
             extra += f", {r['decode threads']:g} thread(s)" if "decode threads" in r else ""
+            extra += f", decode {r['decode']} on {r['device']}" if "device" in r else ""
             where = f"{table['title'].split(':')[0]}: " if table["title"] else ""
             figures.append(f"{where}{r[first]}: {r['images/s']:g} images/s{extra}")
     return "; ".join(figures)

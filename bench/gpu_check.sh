@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call and under 8 minutes: the `cuda` tests (glam,
-# extract), bench_model.py, bench_feed.py (--decode gpu where it has the option),
-# bench_pipeline.py, and the FAISS GPU tests; one report, JSON and Markdown. A failing step is
-# recorded with the tail of its output and the next one runs; the exit status is 1 when any
-# step failed. Without a GPU it says so in one line and exits 0. See docs/gpu_check.md.
+# extract), bench_model.py, bench_feed.py --decode gpu (the feed rate with the pipeline's
+# device decode), bench_pipeline.py, and the FAISS GPU tests; one report, JSON and Markdown. A
+# failing step is recorded with the tail of its output and the next one runs; the exit status
+# is 1 when any step failed. Without a GPU it says so in one line and exits 0. See
+# docs/gpu_check.md.
 #
 #   bash bench/gpu_check.sh
 #
@@ -86,13 +87,7 @@ step_command() {
             CMD=("$PY" bench/bench_model.py --device cuda --repeats 3 --batch 4)
             ;;
         feed)
-            CMD=("$PY" bench/bench_feed.py --part all --shards 1 --repeats 1)
-            if grep -q -- '"--decode"' bench/bench_feed.py; then
-                CMD+=(--decode gpu)
-            else
-                echo "bench_feed.py has no --decode option: ran its CPU-decode feed rate" \
-                    > "$STEPS_DIR/$1.note"
-            fi
+            CMD=("$PY" bench/bench_feed.py --part all --shards 1 --repeats 1 --decode gpu)
             ;;
         pipeline)
             CMD=("$PY" bench/bench_pipeline.py --shards 2 --images 12 --batch-size 4 --precision bf16)
