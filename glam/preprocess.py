@@ -3,7 +3,8 @@
 
 Two ways to the same tensor: ``preprocess`` (a PIL image -> a normalised float tensor on the
 host), and the extraction path, which keeps pixels in uint8 until they reach the device:
-``decode_rgb`` (optionally a DCT-domain draft decode) -> ``resize_longer_side`` ->
+``decode_rgb`` (optionally a DCT-domain draft decode) -> ``resize_longer_side`` (bilinear, or
+cirtorch's LANCZOS thumbnail) ->
 uint8 (H, W, 3|4) on the host, then ``normalize`` (B, H, W, 3|4) -> (B, 3, H, W) float on
 the device. Both apply the same operations in the same order, so on the CPU they give the same
 floats. ``resize_uint8`` and ``orient`` do the resize and the EXIF orientation on tensors, for
@@ -163,8 +164,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_longer_side(img: Image.Image, size: int) -> Image.Image:
-    """Resize so that max(W, H) == size, keeping the aspect ratio (up- or down-sampling)."""
+# How the longer side is brought to the image size. bilinear: PIL's antialiased bilinear, up or
+# down, to exactly the size. lanczos-shrink: what cirtorch's ``imresize`` does, PIL's
+# ``thumbnail`` with LANCZOS (its own rounding and reducing gap): larger images shrink to the
+# size, smaller ones are left as they are, never enlarged.
+# NOTE: not in paper (GLAM does not say how images are resized); bilinear stays the default,
+# lanczos-shrink gives converted cirtorch networks their own descriptors.
+RESIZE_FILTERS = ("bilinear", "lanczos-shrink")
+
+
+def resize_longer_side(img: Image.Image, size: int, resize: str = "bilinear") -> Image.Image:
+    """Resize so that max(W, H) == size keeping the aspect ratio (``bilinear``: up- or
+    down-sampling), or so that max(W, H) <= size (``lanczos-shrink``: never enlarging)."""
+    if resize == "lanczos-shrink":
+        if max(img.size) <= size:
+            return img
+        out = img.copy()  # thumbnail works in place
+        out.thumbnail((size, size), Image.Resampling.LANCZOS)
+        return out
+    if resize != "bilinear":
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {resize!r}")
     w, h = img.size
     new_h, new_w = longer_side_size(h, w, size)
     if (new_w, new_h) == (w, h):
@@ -181,9 +200,10 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return x.sub_(mean).div_(std)
 
 
-def preprocess(img: Image.Image, image_size: int = 1024) -> torch.Tensor:
-    """Any PIL image -> (3, H, W) tensor with max(H, W) == image_size."""
-    return to_tensor(resize_longer_side(to_rgb(img), image_size))
+def preprocess(img: Image.Image, image_size: int = 1024, resize: str = "bilinear") -> torch.Tensor:
+    """Any PIL image -> (3, H, W) tensor with max(H, W) == image_size (``lanczos-shrink``:
+    at most image_size)."""
+    return to_tensor(resize_longer_side(to_rgb(img), image_size, resize))
 
 
 def to_uint8(img: Image.Image) -> torch.Tensor:

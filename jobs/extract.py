@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reference code does (default); crop scales each crop's longer side to --image-size",
     )
     p.add_argument(
+        "--resize",
+        choices=["bilinear", "lanczos-shrink"],
+        default="bilinear",
+        help="how the longer side is brought to --image-size: bilinear, up or down (default); "
+        "lanczos-shrink, cirtorch's (PIL thumbnail, LANCZOS), never enlarging; CPU decode only",
+    )
+    p.add_argument(
         "--cpus-per-actor",
         type=float,
         default=None,
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             "decode_workers": args.decode_workers,
             "jpeg_draft": args.jpeg_draft,
             "query_crop_scale": args.query_crop_scale,
+            "resize": args.resize,
             "shard_attempts": args.shard_attempts,
             "retry_backoff_s": args.retry_backoff,
         }

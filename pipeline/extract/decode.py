@@ -101,9 +101,11 @@ def decode_sample(
     max_pixels: int,
     draft_side: int | None = None,
     crop_scale: str = "full_image",
+    resize: str = "bilinear",
 ) -> Item:
-    """Decode on the CPU: RGB, EXIF orientation, longer side to ``image_size`` (PIL bilinear),
-    uint8. ``draft_side``: decode large JPEGs in the DCT domain down to about that side.
+    """Decode on the CPU: RGB, EXIF orientation, longer side to ``image_size`` (``resize``: PIL
+    bilinear, or cirtorch's LANCZOS thumbnail that never enlarges), uint8. ``draft_side``:
+    decode large JPEGs in the DCT domain down to about that side.
 
     The image members are tried in turn; the first that decodes is the sample's image, keyed
     by the sample. Each other member is a row keyed ``<key>.<ext>`` (``other_members``): those
@@ -121,7 +123,9 @@ def decode_sample(
         return members
     failed: list[tuple[str, SampleError]] = []
     for n, (ext, data) in enumerate(members):
-        item = decode_bytes(index, raw.key, data, image_size, max_pixels, draft_side, crop_scale)
+        item = decode_bytes(
+            index, raw.key, data, image_size, max_pixels, draft_side, crop_scale, resize
+        )
         if isinstance(item, SampleError):
             failed.append((ext, item))
             continue
@@ -190,6 +194,7 @@ def decode_bytes(
     max_pixels: int,
     draft_side: int | None = None,
     crop_scale: str = "full_image",
+    resize: str = "bilinear",
 ) -> Item:
     """Decode one image member's bytes as the sample ``key`` (see ``decode_sample``): the image,
     or an ``empty``, ``oversized`` or ``undecodable`` error row."""
@@ -198,7 +203,7 @@ def decode_bytes(
     try:
         rgb, (width, height) = decode_rgb(data, max_pixels=max_pixels, draft_side=draft_side)
         side = crop_side(rgb, image_size) if crop_scale == "full_image" else image_size
-        x = pixels(resize_longer_side(rgb, side))  # (H, W, 4)
+        x = pixels(resize_longer_side(rgb, side, resize))  # (H, W, 4)
     except ImageDecodeError as e:
         kind = "oversized" if isinstance(e, ImageTooLargeError) else "undecodable"
         return SampleError(index, key, kind, str(e)[:500])

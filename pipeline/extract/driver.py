@@ -24,7 +24,7 @@ from pipeline.extract.actors import (
     create_board,
 )
 from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
-from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
+from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict, stored_fingerprint
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.layout import job_uri, marker_uri, markers_folder
 from pipeline.io.redact import redact, redact_text
@@ -109,11 +109,11 @@ def check_output(
 
     def check(what: str, stored: dict[str, Any]) -> None:
         precisions.add(str(stored.get("precision")))
-        check_fingerprint(what, _without(stored, unresolved), wanted)
+        check_fingerprint(what, _without(stored_fingerprint(stored), unresolved), wanted)
 
     precisions: set[str] = set()
     previous = read_json(job_uri(output))
-    recorded = _without((previous or {}).get("fingerprint", {}), unresolved)
+    recorded = _without(stored_fingerprint((previous or {}).get("fingerprint", {})), unresolved)
     if previous is not None and (recorded != wanted or unresolved):
         # The shards committed bind the output (they all share one fingerprint: this very
         # check keeps it so), not the record of a run that may have committed nothing.
@@ -190,7 +190,7 @@ def committed_fingerprint(output: str) -> dict[str, Any] | None:
     if not markers:
         return None
     marker = read_json(join(markers_folder(output), markers[0].rsplit("/", 1)[1]))
-    return dict((marker or {}).get("fingerprint", {}))
+    return stored_fingerprint(dict((marker or {}).get("fingerprint", {})))
 
 
 def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> JobResult:

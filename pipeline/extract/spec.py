@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from glam.config import DEFAULT_SCALES
 from glam.extract import PRECISIONS
-from glam.preprocess import DEFAULT_MAX_PIXELS
+from glam.preprocess import DEFAULT_MAX_PIXELS, RESIZE_FILTERS
 from pipeline.io.storage import check_output_folder, check_uri
 
 # The largest image side accepted, and the largest side fed to the model after scaling: a
@@ -53,6 +53,9 @@ class ExtractionSpec:
     # full image's factor as the protocol's reference code does (cirtorch), or crop, like any
     # image (longer side image_size; the behaviour before, kept for comparison).
     query_crop_scale: Literal["full_image", "crop"] = "full_image"
+    # How the longer side is brought to image_size (glam.preprocess.RESIZE_FILTERS): bilinear,
+    # up or down; lanczos-shrink, cirtorch's PIL thumbnail, never enlarging (CPU decode only).
+    resize: Literal["bilinear", "lanczos-shrink"] = "bilinear"
 
     def __post_init__(self) -> None:
         if self.weights:
@@ -77,6 +80,15 @@ class ExtractionSpec:
             )
         if self.decode not in DECODERS:
             raise ValueError(f"decode must be cpu or gpu, got {self.decode!r}")
+        if self.resize not in RESIZE_FILTERS:
+            raise ValueError(
+                f"resize must be one of {', '.join(RESIZE_FILTERS)}, got {self.resize!r}"
+            )
+        if self.resize == "lanczos-shrink" and self.decode == "gpu":
+            raise ValueError(
+                "resize lanczos-shrink is PIL's filter, applied where images decode on the CPU: "
+                "use decode cpu with it, or resize bilinear with decode gpu"
+            )
         for name in ("batch_size", "max_pixels", "shard_attempts", "prefetch"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
@@ -151,9 +163,24 @@ def fingerprint(
         "max_pixels": spec.max_pixels,
         "jpeg_draft": spec.jpeg_draft,
         "query_crop_scale": spec.query_crop_scale,
+        "resize": spec.resize,
     }
     normalised: dict[str, Any] = json.loads(json.dumps(fp))
     return normalised
+
+
+# Fingerprint keys added after outputs were first written, with the behaviour of the code
+# before them: a stored fingerprint without one was made that way (query crops were sized like
+# any image, every image resized bilinearly).
+LATER_FINGERPRINT_KEYS = {"query_crop_scale": "crop", "resize": "bilinear"}
+
+
+def stored_fingerprint(stored: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint read from an output (a marker, ``_job.json``), completed with the keys
+    added since it was written (``LATER_FINGERPRINT_KEYS``); an empty one stays empty."""
+    if not stored:
+        return stored
+    return {**LATER_FINGERPRINT_KEYS, **stored}
 
 
 def draft_side(spec: ExtractionSpec) -> int | None:

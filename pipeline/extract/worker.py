@@ -172,7 +172,13 @@ class ShardWorker:
                 for i, raw in samples
                 for row in sample_rows(
                     decode_sample(
-                        i, raw, spec.image_size, spec.max_pixels, side, spec.query_crop_scale
+                        i,
+                        raw,
+                        spec.image_size,
+                        spec.max_pixels,
+                        side,
+                        spec.query_crop_scale,
+                        spec.resize,
                     )
                 )
             ]

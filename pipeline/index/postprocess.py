@@ -90,4 +90,5 @@ def extraction_record(descriptors: str, files: list[DescriptorFile]) -> Extracti
         scales=[float(s) for s in json.loads(meta.get("scales", "[1.0]"))],
         precision=meta.get("precision", "fp32"),
         max_pixels=fingerprint.get("max_pixels"),
+        resize=meta.get("resize", "bilinear"),
     )

@@ -83,7 +83,7 @@ def describe_images(
             raise ValueError(f"no image at {uri}") from None
         try:
             img = decode_image(data, max_pixels=record.max_pixels or DEFAULT_MAX_PIXELS)
-            tensors.append(preprocess(img, record.image_size))
+            tensors.append(preprocess(img, record.image_size, record.resize))
         except ImageDecodeError as e:
             raise ValueError(f"{uri}: {e}") from None
     return extractor(tensors).numpy()

@@ -90,6 +90,7 @@ class ExtractionRecord:
     scales: list[float]
     precision: str
     max_pixels: int | None = None
+    resize: str = "bilinear"  # glam.preprocess.RESIZE_FILTERS
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,11 @@ MODEL_KEYS = (
     "descriptor_dim",
     "max_pixels",
     "jpeg_draft",
+    "resize",
 )
+# Identity keys added after files were first written, with what a file without one was made
+# with: such a file still mixes with new files made the same way.
+LATER_MODEL_KEYS = {"resize": "bilinear"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class DescriptorFile:
     metadata: dict[str, str]
 
     def identity(self) -> dict[str, str]:
-        return {k: self.metadata[k] for k in MODEL_KEYS if k in self.metadata}
+        metadata = {**LATER_MODEL_KEYS, **self.metadata}
+        return {k: metadata[k] for k in MODEL_KEYS if k in metadata}
 
 
 def _describe(uri: str) -> DescriptorFile:

@@ -38,10 +38,10 @@ def file_metadata(
     weights_seed: int | None = None,
 ) -> dict[bytes, bytes]:
     """Key-value metadata: model, weights sha256, backbone, scales, image size, dim, precision,
-    pixel limit, draft decode, package version (all strings; ``glam_config`` as JSON); where
-    the weights are (``weights_uri``, credentials masked by the caller, and ``weights_seed``
-    of random weights), so that a query image can be described the same way (not part of the model's
-    identity: the sha256 is)."""
+    pixel limit, draft decode, resize filter, package version (all strings; ``glam_config`` as
+    JSON); where the weights are (``weights_uri``, credentials masked by the caller, and
+    ``weights_seed`` of random weights), so that a query image can be described the same way
+    (not part of the model's identity: the sha256 is)."""
     cfg = fp["glam_config"]
     assert isinstance(cfg, Mapping)
     meta = {
@@ -55,6 +55,7 @@ def file_metadata(
         # Which samples error and how large JPEGs decode: part of what a descriptor is.
         "max_pixels": str(fp["max_pixels"]),
         "jpeg_draft": json.dumps(fp["jpeg_draft"]),
+        "resize": str(fp["resize"]),
         "package_version": package_version,
         "glam_config": json.dumps(cfg, sort_keys=True),
         "fingerprint": json.dumps(fp, sort_keys=True),

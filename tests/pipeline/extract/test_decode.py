@@ -229,3 +229,79 @@ def test_query_crops_can_be_scaled_like_any_image_by_name() -> None:
     data, _ = query_crop((160, 120), (30, 20, 110, 70))
     out = decode_sample(0, RawSample("q", {"png": data}), 64, 10**7, crop_scale="crop")
     assert isinstance(out, DecodedSample) and tuple(out.image.shape[:2]) == (40, 64)
+
+
+def cirtorch_input(img: Image.Image) -> torch.Tensor:
+    """cirtorch's test transform: ToTensor, then ImageNet's Normalize -> (1, 3, H, W)."""
+    from tests.support.foreign_networks import imagenet_input
+
+    x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+    return imagenet_input(x.permute(2, 0, 1)[None])
+
+
+def decoded_input(out: object) -> torch.Tensor:
+    from glam.preprocess import normalize
+
+    assert isinstance(out, DecodedSample)
+    return normalize(torch.from_numpy(np.array(out.image))[None])
+
+
+def test_lanczos_shrink_gives_a_converted_cirtorch_network_its_own_descriptors(tmp_path) -> None:
+    """cirtorch's ImagesFromList resizes with ``imresize`` = PIL ``thumbnail(LANCZOS)``, never
+    enlarging, query crops by the full image's factor. ``--resize lanczos-shrink`` feeds the
+    converted network the same pixels: cosine >= 0.9999 to cirtorch's own pipeline on images
+    that need resizing (bilinear, the default, does not), an unchanged small image, a crop."""
+    from glam.builder import build_glam
+    from jobs.convert_weights import main as convert_main
+    from tests.support.foreign_networks import CirtorchGeM, cirtorch_checkpoint
+
+    net = CirtorchGeM("resnet18", whiten=True, seed=3).eval()
+    src = tmp_path / "rSfM120k-tl-resnet18-gem-w.pth"
+    src.write_bytes(cirtorch_checkpoint(net, "resnet18"))
+    out = str(tmp_path / "converted.safetensors")
+    assert convert_main(["--source", str(src), "--format", "cirtorch", "--output", out]) == 0
+    model = build_glam(out).eval()
+    size = 96
+    big = photo(np.random.default_rng(11), 230, 170)  # W x H, shrunk to 96 x 71
+    small = photo(np.random.default_rng(12), 90, 60)  # smaller than size: left as it is
+    crop_data, crop = query_crop((320, 240), (30, 20, 230, 170))  # 200 x 150 of 320
+
+    def cosines(resize: str) -> list[float]:
+        got = []
+        for data, reference in [
+            (encode(big, fmt="PNG"), _thumbnail(big, size)),
+            (encode(small, fmt="PNG"), small),
+            (crop_data, _thumbnail(crop, size * max(crop.size) / 320)),
+        ]:
+            raw = RawSample("k", {"png": data})
+            item = decode_sample(0, raw, size, 10**7, None, "full_image", resize)
+            with torch.no_grad():
+                a, b = model(decoded_input(item)), net(cirtorch_input(reference))
+            got.append(float(torch.nn.functional.cosine_similarity(a, b)[0]))
+        return got
+
+    lanczos = cosines("lanczos-shrink")
+    assert min(lanczos) >= 0.99999, lanczos  # the same pixels: equal up to float rounding
+    # Bilinear: another filter (1 - cos ~ 1e-4 with these random weights, 2e-3 with trained
+    # ones on real photos) and the small image enlarged.
+    bilinear = cosines("bilinear")
+    assert bilinear[1] < 0.999 and min(bilinear[0], bilinear[2]) < 0.99999, bilinear
+
+
+def _thumbnail(img: Image.Image, side: float) -> Image.Image:
+    """cirtorch's ``imresize``, literally (``Image.ANTIALIAS`` is LANCZOS)."""
+    out = img.convert("RGB")
+    out.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return out
+
+
+def test_lanczos_shrink_never_enlarges_and_is_refused_with_device_decode() -> None:
+    from pipeline.extract.spec import ExtractionSpec
+
+    data = encode(photo(np.random.default_rng(1), 50, 40), fmt="PNG")
+    out = decode_sample(0, RawSample("k", {"png": data}), 64, 10**7, resize="lanczos-shrink")
+    assert isinstance(out, DecodedSample) and tuple(out.image.shape[:2]) == (40, 50)
+    with pytest.raises(ValueError, match="lanczos-shrink is PIL's filter"):
+        ExtractionSpec(resize="lanczos-shrink", decode="gpu")
+    with pytest.raises(ValueError, match="resize must be one of bilinear, lanczos-shrink"):
+        ExtractionSpec(resize="bicubic")  # type: ignore[arg-type]

@@ -61,3 +61,25 @@ def test_an_index_without_an_extraction_record_is_a_clear_error() -> None:
     )
     with pytest.raises(ValueError, match="does not record how its descriptors were extracted"):
         extraction_of(manifest)
+
+
+def test_a_query_image_is_resized_with_the_descriptors_filter(tmp_path) -> None:
+    """The record carries the extraction's resize filter (absent in files written before
+    it: bilinear), which search by image applies to the query image."""
+    from pipeline.extract.spec import ExtractionSpec, fingerprint
+    from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
+    from pipeline.io.storage import write_bytes_atomic
+
+    cfg = {"backbone": "resnet18", "dim": 32}
+    root = str(tmp_path / "lanczos")
+    meta = file_metadata(fingerprint(ExtractionSpec(resize="lanczos-shrink"), cfg, "a" * 64), "t")
+    uri = f"{root}/descriptors/000000.parquet"
+    write_bytes_atomic(uri, parquet_bytes(descriptor_table(["a"], uri, unit(np.eye(1, 32)),
+                                                           [1], [1], meta)))  # fmt: skip
+    record = extraction_record(root, list_descriptor_files(f"{root}/descriptors"))
+    assert record is not None and record.resize == "lanczos-shrink"
+    old = extraction_record(
+        folder_with_descriptors(str(tmp_path / "old")),
+        list_descriptor_files(f"{tmp_path}/old/descriptors"),
+    )
+    assert old is not None and old.resize == "bilinear"

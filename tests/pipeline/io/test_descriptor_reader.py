@@ -62,10 +62,13 @@ def test_a_local_file_replaced_keeping_its_size_and_mtime_is_seen_as_changed(tmp
     assert after.etag != before.etag
 
 
-@pytest.mark.parametrize("change", [{"jpeg_draft": False}, {"max_pixels": 1000}])
+@pytest.mark.parametrize(
+    "change", [{"jpeg_draft": False}, {"max_pixels": 1000}, {"resize": "lanczos-shrink"}]
+)
 def test_files_decoded_under_other_settings_are_not_mixed(tmp_path, change) -> None:
-    """The pixel limit and the draft decode change descriptors (and which samples error):
-    files that differ in them are refused together, as other configurations are."""
+    """The pixel limit, the draft decode and the resize filter change descriptors (and which
+    samples error): files that differ in them are refused together, as other configurations
+    are."""
     from pipeline.extract.spec import ExtractionSpec, fingerprint
     from pipeline.io.descriptor_reader import check_same_model, list_descriptor_files
     from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
@@ -80,3 +83,44 @@ def test_files_decoded_under_other_settings_are_not_mixed(tmp_path, change) -> N
         write_bytes_atomic(uri, parquet_bytes(table))
     with pytest.raises(ValueError, match=f"differ in: {next(iter(change))}"):
         check_same_model(list_descriptor_files(str(tmp_path)))
+
+
+def test_files_written_before_the_resize_key_mix_with_bilinear_ones(tmp_path) -> None:
+    """A file without ``resize`` in its metadata was resized bilinearly (the only filter then):
+    it mixes with new bilinear files and is refused beside lanczos-shrink ones."""
+    from pipeline.extract.spec import ExtractionSpec, fingerprint
+    from pipeline.io.descriptor_reader import check_same_model, list_descriptor_files
+    from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
+    from pipeline.io.storage import write_bytes_atomic
+
+    x = unit(np.random.default_rng(3).normal(size=(3, 8))).astype(np.float32)
+    cfg = {"backbone": "resnet101", "dim": 8}
+
+    def write(folder: str, name: str, spec: ExtractionSpec, old: bool = False) -> None:
+        meta = file_metadata(fingerprint(spec, cfg, "a" * 64), "test")
+        if old:
+            del meta[b"resize"]
+        uri = str(tmp_path / folder / "descriptors" / f"{name}.parquet")
+        table = descriptor_table(["a", "b", "c"], uri, x, [1] * 3, [1] * 3, meta)
+        write_bytes_atomic(uri, parquet_bytes(table))
+
+    write("same", "000000", ExtractionSpec(), old=True)
+    write("same", "000001", ExtractionSpec())
+    check_same_model(list_descriptor_files(str(tmp_path / "same")))
+    write("other", "000000", ExtractionSpec(), old=True)
+    write("other", "000001", ExtractionSpec(resize="lanczos-shrink"))
+    with pytest.raises(ValueError, match="differ in: resize"):
+        check_same_model(list_descriptor_files(str(tmp_path / "other")))
+
+
+def test_a_stored_fingerprint_is_completed_with_the_keys_added_since() -> None:
+    """Outputs written before ``resize`` and ``query_crop_scale`` existed were made bilinearly
+    with crops sized like any image: a stored fingerprint without them reads as such."""
+    from pipeline.extract.spec import ExtractionSpec, fingerprint, stored_fingerprint
+
+    now = fingerprint(ExtractionSpec(query_crop_scale="crop"), {"dim": 8}, "a" * 64)
+    before = {k: v for k, v in now.items() if k not in ("resize", "query_crop_scale")}
+    assert stored_fingerprint(before) == now
+    assert stored_fingerprint({}) == {}
+    lanczos = fingerprint(ExtractionSpec(resize="lanczos-shrink"), {"dim": 8}, "a" * 64)
+    assert stored_fingerprint(lanczos) == lanczos
