@@ -18,6 +18,7 @@ import ray
 from pipeline.extract.spec import ExtractionSpec
 from pipeline.extract.stats import ShardStats
 from pipeline.runtime import failpoints
+from pipeline.runtime.lease import LeaseFence
 from pipeline.runtime.progress import ProgressBoard, UnitProgress
 from pipeline.runtime.resources import WorkerPlan
 
@@ -102,8 +103,10 @@ class ShardActor:
             num_cpus=self.num_cpus,
         )
 
-    def process(self, shard_uri: str, output: str, dispatch: int = 0) -> ShardStats:
-        return self.worker.process(shard_uri, output, dispatch)
+    def process(
+        self, shard_uri: str, output: str, dispatch: int = 0, fence: LeaseFence | None = None
+    ) -> ShardStats:
+        return self.worker.process(shard_uri, output, dispatch, fence)
 
 
 def cpus_per_gpu(nodes: list[dict[str, Any]]) -> int | None:

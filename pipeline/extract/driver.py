@@ -392,6 +392,7 @@ def _run_shards(
     recovery = ActorRecovery(actors, [w.pid for w in workers], job.restart_timeout_s)
     progress = ProgressReporter(len(todo))
     last_poll = time.monotonic()
+    fence = lease.fence()  # the actors commit only while this run holds the output
 
     def finish(stats: ShardStats) -> None:
         publish(stats)
@@ -429,7 +430,7 @@ def _run_shards(
                 load[index] += weight
                 if shard in alone:
                     running_alone.add(shard)
-                ref = actors[index].process.remote(shard, job.output, dispatches[shard])
+                ref = actors[index].process.remote(shard, job.output, dispatches[shard], fence)
                 in_flight[ref] = (index, shard, dispatches[shard], weight)
             if not serving and not recovery.recovering and not in_flight:
                 why = "; ".join(sorted(set(recovery.retired.values())))

@@ -60,6 +60,7 @@ from pipeline.io.shard_reader import RawSample
 from pipeline.io.shards import shard_id
 from pipeline.io.storage import WEIGHTS_STORE, write_bytes_atomic, write_json_atomic
 from pipeline.runtime import failpoints, metrics
+from pipeline.runtime.lease import FenceCheck, LeaseFence, LeaseLostError
 from pipeline.runtime.progress import UnitProgress
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class ShardWorker:
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._compute_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._fence: FenceCheck | None = None
         log.info(
             "worker %s ready on %s: precision %s (asked %s), %s decode, %d decode threads",
             name,
@@ -186,10 +188,15 @@ class ShardWorker:
 
         return on_cpu, CPU_DECODE_CHUNK
 
-    def process(self, shard_uri: str, output: str, dispatch: int = 0) -> ShardStats:
+    def process(
+        self, shard_uri: str, output: str, dispatch: int = 0, fence: LeaseFence | None = None
+    ) -> ShardStats:
         """Process one shard with retries (never raises for a bad shard: a shard that stays
         unreadable comes back with status ``failed``). ``dispatch`` numbers the driver's
-        hand-outs of the shard, for the progress reports."""
+        hand-outs of the shard, for the progress reports. ``fence``: the run's lease, checked
+        before each write of the commit; a shard whose run lost the lease is not committed
+        (status ``failed``, nothing written)."""
+        check = self._fence_check(fence)
         sid = shard_id(shard_uri)
         start = time.perf_counter()
         last_error = ""
@@ -209,8 +216,11 @@ class ShardWorker:
             stats = ShardStats(shard=sid, source=shard_uri, attempts=attempt, worker=self.name)
             try:
                 computed = self._compute(shard_uri, stats, dispatch)
-                self._commit(computed, output, stats, start)
+                self._commit(computed, output, stats, start, check)
                 return stats
+            except LeaseLostError as e:
+                log.error("shard %s not committed: %s", sid, e)
+                return failed(attempt, str(e))
             except ShardUnreadableError as e:
                 log.warning("shard %s is unreadable: %s", sid, e)
                 return failed(attempt, str(e))
@@ -228,6 +238,15 @@ class ShardWorker:
                         self.on_retry(shard_uri, attempt, last_error)
                     time.sleep(self.spec.retry_backoff_s * 2 ** (attempt - 1))
         return failed(self.spec.shard_attempts, last_error)
+
+    def _fence_check(self, fence: LeaseFence | None) -> Callable[[], None]:
+        """The fence's check, kept across shards of one run (its trusted period with it)."""
+        if fence is None:
+            return lambda: None
+        with self._lock:
+            if self._fence is None or self._fence.fence != fence:
+                self._fence = FenceCheck(fence)
+            return self._fence.check
 
     def _compute(self, shard_uri: str, stats: ShardStats, dispatch: int) -> Computed:
         """Start reading and decoding now; wait for the compute thread to run the batches."""
@@ -311,8 +330,16 @@ class ShardWorker:
         stats.infer_s = time.perf_counter() - t0 - waited
         return out
 
-    def _commit(self, computed: Computed, output: str, stats: ShardStats, start: float) -> None:
-        """Descriptors file, errors file (both atomic), then the marker: off the compute path."""
+    def _commit(
+        self,
+        computed: Computed,
+        output: str,
+        stats: ShardStats,
+        start: float,
+        check: Callable[[], None],
+    ) -> None:
+        """Descriptors file, errors file (both atomic), then the marker: off the compute path;
+        ``check`` (the run's lease fence) before each write."""
         t = time.perf_counter()
         sid = stats.shard
         order = np.argsort([k[0] for k in computed.kept], kind="stable")
@@ -339,8 +366,11 @@ class ShardWorker:
             [e.message for e in failed],
             self.metadata,
         )
-        write_bytes_atomic(descriptors_uri(output, sid), parquet_bytes(table))
-        write_bytes_atomic(errors_uri(output, sid), parquet_bytes(errors))
+        data, error_data = parquet_bytes(table), parquet_bytes(errors)
+        check()
+        write_bytes_atomic(descriptors_uri(output, sid), data)
+        check()
+        write_bytes_atomic(errors_uri(output, sid), error_data)
         stats.write_s = time.perf_counter() - t
         stats.ok, stats.errors = len(kept), len(failed)
         stats.samples = stats.ok + stats.errors
@@ -349,6 +379,7 @@ class ShardWorker:
         stats.wall_s = time.perf_counter() - start
         # The commit marker is written last: its presence means both files are complete.
         marker = redact({**stats.to_dict(), "fingerprint": self.fingerprint})
+        check()
         write_json_atomic(marker_uri(output, sid), marker)
 
     def close(self) -> None:

@@ -12,6 +12,10 @@ says so. So does a lease whose holder ran on this very host and is gone (its pid
 runs, or runs another process): a driver killed and re-run on one machine resumes at once.
 Heartbeat times are wall-clock (UTC), so hosts must keep their clocks in sync (NTP); the
 default TTL of 90 s with a heartbeat every 15 s leaves room for drift and for pauses.
+
+The writes themselves are fenced: a run hands its workers a ``LeaseFence`` (its token), and a
+worker checks it (``FenceCheck``) before each write of a commit, so that a worker that stalled
+past the TTL while its run was taken over commits nothing when it resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
@@ -114,6 +119,69 @@ def process_start(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+# NOTE: not in paper: the part of the TTL a fence does not trust a confirmation for, so that
+# clock drift between hosts and one commit's writes fit before a takeover becomes possible.
+FENCE_MARGIN_FRACTION = 1 / 3
+
+
+@dataclass(frozen=True)
+class LeaseFence:
+    """A run's claim on an output, handed to the workers that commit into it: a worker commits
+    only while the output's lease record still names this run (``token``) and is live."""
+
+    uri: str  # the lease record, OUTPUT/_lease.json
+    token: str
+    ttl_s: float
+    margin_s: float
+
+
+class FenceCheck:
+    """``check()`` before each write of a commit: ``LeaseLostError`` once the lease is not
+    the fence's run's (taken over, released, expired), so that a worker stalled past the TTL
+    (a VM freeze, SIGSTOP) never commits beside the run that took over.
+
+    A confirmation costs one read of the lease record, and is trusted while no takeover can
+    have happened since: the record's heartbeat + TTL − margin, measured on both the wall and
+    the monotonic clock (one of them may stand still through a freeze). A worker committing a
+    shard every few seconds reads the record about once a minute, not once a shard. What no
+    fence on an object store closes: a stall between the last check and the write itself.
+    """
+
+    def __init__(
+        self,
+        fence: LeaseFence,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fence = fence
+        self._wall, self._monotonic = wall, monotonic
+        self._trusted: tuple[float, float, float] | None = None  # (wall, monotonic, for s)
+
+    def check(self) -> None:
+        wall, mono = self._wall(), self._monotonic()
+        if self._trusted is not None:
+            w0, m0, trusted_s = self._trusted
+            if max(wall - w0, mono - m0) < trusted_s:
+                return
+        self._trusted = None
+        current = read_tagged(self.fence.uri)
+        holder = Lease._parse(current[0]) if current else None
+        output = self.fence.uri.rsplit("/", 1)[0]
+        if holder is None or holder.token != self.fence.token:
+            who = f"held by {holder.describe(wall)}" if holder else "its record is gone"
+            raise LeaseLostError(
+                f"the lease on {output} is no longer this run's ({who}): not committing"
+            )
+        if holder.stale(wall):
+            raise LeaseLostError(
+                f"the lease on {output} expired (no heartbeat for "
+                f"{wall - holder.heartbeat_at:.0f}s, TTL {holder.ttl_s:.0f}s): not committing"
+            )
+        trusted_s = holder.heartbeat_at + holder.ttl_s - self.fence.margin_s - wall
+        if trusted_s > 0:
+            self._trusted = (wall, mono, trusted_s)
 
 
 class Lease:
@@ -232,10 +300,19 @@ class Lease:
                 if holder is not None and holder.token == self.record.token and current:
                     self._tag = current[1]  # our own record after all: a lost reply
                     return
-                who = holder.describe() if holder else "nobody (the record is gone)"
-                self._lost = f"the lease on {self.output} was taken over by {who}"
+                self._lost = (
+                    f"the lease on {self.output} was taken over by {holder.describe()}"
+                    if holder
+                    else f"the lease on {self.output} was lost: its record is gone (another "
+                    "run took it over while this one stalled, and has released it)"
+                )
                 log.error("%s", self._lost)
                 raise LeaseLostError(self._lost) from None
+
+    def fence(self) -> LeaseFence:
+        """What a worker needs to commit into the output only while this run holds it."""
+        ttl = self.record.ttl_s
+        return LeaseFence(self.uri, self.record.token, ttl, ttl * FENCE_MARGIN_FRACTION)
 
     def note(self, detail: str) -> None:
         """Say what the holder is doing (e.g. the version it builds); written at once."""

@@ -8,6 +8,7 @@ import json
 import logging
 import tarfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -383,3 +384,25 @@ def test_decode_gpu_without_cuda_decodes_on_the_cpu(caplog) -> None:
         assert w.fingerprint["precision"] == w.precision != "auto"
     finally:
         w.close()
+
+
+def test_a_shard_of_a_run_that_lost_the_lease_is_not_committed(
+    worker: ShardWorker, shards: list[str]
+) -> None:
+    """An actor that resumes after its run was taken over (it stalled past the TTL) writes
+    nothing: not the descriptors, not the errors, not the marker."""
+    from pipeline.runtime.lease import Lease
+
+    out = shards[0].rsplit("/", 2)[0] + "/fenced"
+    with Lease(out, "extract", ttl_s=3, heartbeat_s=1) as ours:
+        fence = ours.fence()
+        assert worker.process(shards[0], out, fence=fence).status == "committed"
+    with Lease(out, "extract", ttl_s=600, heartbeat_s=300):  # another run holds it now
+        # The fence trusts its last confirmation for less than TTL - margin (2 s): after the
+        # TTL it reads the record again, whatever the machine's speed.
+        time.sleep(3)
+        stats = worker.process(shards[1], out, fence=fence)
+    assert stats.status == "failed" and "is no longer this run's (held by extract" in stats.error
+    for uri in (descriptors_uri, errors_uri, marker_uri):
+        assert not exists(uri(out, "000001")), uri.__name__
+    assert exists(marker_uri(out, "000000"))

@@ -140,3 +140,72 @@ def test_a_holder_in_another_pid_namespace_of_this_host_keeps_its_lease(tmp_path
         with pytest.raises(LeaseHeldError):
             lease(output).acquire()
     held._stop.set()
+
+
+class Clocks:
+    """A wall and a monotonic clock the test moves (a freeze moves one, not the other)."""
+
+    def __init__(self) -> None:
+        self.wall, self.mono = time.time(), 1000.0
+
+    def advance(self, wall: float, mono: float | None = None) -> None:
+        self.wall += wall
+        self.mono += wall if mono is None else mono
+
+
+def test_a_fence_passes_while_its_run_holds_the_lease_and_reads_it_rarely(output: str) -> None:
+    from pipeline.runtime.lease import FenceCheck
+
+    clocks = Clocks()
+    with lease(output) as held:
+        fence = held.fence()
+        assert fence.token == held.record.token and fence.margin_s == 200  # a third of 600
+        check = FenceCheck(fence, lambda: clocks.wall, lambda: clocks.mono)
+        check.check()
+        # Trusted until heartbeat + TTL - margin: the record is not read again meanwhile.
+        held_uri = join(output, LEASE_FILE)
+        write_bytes_atomic(held_uri, b"{not json")  # a read now would fail the check
+        clocks.advance(300)
+        check.check()
+
+
+@pytest.mark.parametrize("freeze", ["wall", "monotonic"])
+def test_a_fence_fails_once_the_lease_was_taken_over_during_a_freeze(output, freeze) -> None:
+    """A worker stalled past the TTL (a VM freeze: one clock may stand still through it) while
+    another run took the lease over must not commit when it resumes."""
+    from pipeline.runtime.lease import FenceCheck
+
+    clocks = Clocks()
+    stalled = Lease(output, "extract", ttl_s=600, heartbeat_s=300).acquire()
+    check = FenceCheck(stalled.fence(), lambda: clocks.wall, lambda: clocks.mono)
+    check.check()
+    # The run's heartbeat stops; a second run finds the lease stale and takes it over.
+    record = json.loads(read_bytes(join(output, LEASE_FILE)))
+    record["heartbeat_at"] -= 700
+    write_bytes_atomic(join(output, LEASE_FILE), json.dumps(record).encode())
+    taker = lease(output, "build_index").acquire()
+    try:
+        clocks.advance(*((700, 0) if freeze == "wall" else (0, 700)))
+        with pytest.raises(LeaseLostError, match=r"is no longer this run's \(held by build_index"):
+            check.check()
+    finally:
+        taker.release()
+        stalled.release()
+    fresh = FenceCheck(stalled.fence())
+    gone = r"no longer this run's \(its record is gone\): not committing"
+    with pytest.raises(LeaseLostError, match=gone):
+        fresh.check()
+
+
+def test_a_fence_fails_on_a_lease_of_its_run_that_expired(output: str) -> None:
+    from pipeline.runtime.lease import FenceCheck
+
+    held = lease(output).acquire()
+    try:
+        record = json.loads(read_bytes(join(output, LEASE_FILE)))
+        record["heartbeat_at"] -= 700  # no heartbeat for longer than the TTL: takeable now
+        write_bytes_atomic(join(output, LEASE_FILE), json.dumps(record).encode())
+        with pytest.raises(LeaseLostError, match=r"expired \(no heartbeat for 7\d\ds"):
+            FenceCheck(held.fence()).check()
+    finally:
+        held.release()
