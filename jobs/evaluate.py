@@ -51,15 +51,35 @@ def main(argv: list[str] | None = None) -> int:
         "whitening file applied to queries and database (default: the distractor index's "
         "own, when it was built with one)",
         "database-side augmentation with K neighbours (the distractor index must have been "
-        "built with the same --dba)",
+        "built with the same --dba, or without DBA for --dba-joint)",
+    )
+    joint = p.add_argument_group("joint DBA (with --dba and --distractors)")
+    joint.add_argument(
+        "--dba-joint",
+        action="store_true",
+        help="DBA over database + distractors jointly, where memory allows: every vector with "
+        "its K nearest in their union, from the raw vectors of a distractor index built "
+        "without --dba; then an exact ranking (default: the database only, over the union)",
+    )
+    joint.add_argument(
+        "--dba-joint-max-gib",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="refuse joint DBA when its estimated memory exceeds this (default: 0.75 of the "
+        "memory available)",
     )
     add_postprocessing_arguments(p)
     add_serving_arguments(p)
     args = p.parse_args(argv)
+    if args.dba_joint and (args.dba is None or not args.distractors):
+        p.error("--dba-joint needs --dba K and --distractors (it augments both jointly)")
+    if args.dba_joint_max_gib is not None and not (args.dba_joint and args.dba_joint_max_gib > 0):
+        p.error("--dba-joint-max-gib takes a positive size, with --dba-joint")
     setup_logging(args.verbose)
 
     def run() -> int:
-        from pipeline.evaluate.postprocess import EvalPostProcessing
+        from pipeline.evaluate.postprocess import EvalPostProcessing, JointDba
         from pipeline.evaluate.report import evaluate, markdown
         from pipeline.io.storage import write_bytes_atomic
 
@@ -69,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             dba=dba_config(args),
             qe=options.qe,
             rerank=options.rerank,
+            dba_joint=JointDba(
+                None if args.dba_joint_max_gib is None else int(args.dba_joint_max_gib * 2**30)
+            )
+            if args.dba_joint
+            else None,
         )
         serving = connect_serving(args) if args.distractors else None
         report = evaluate(

@@ -10,24 +10,69 @@ Neighbours are searched over database ∪ distractors. Approximations, stated in
   distractors' own neighbours do not include the database images.
 - With an approximate distractor index, neighbours and the top M come from its search.
 
+Joint DBA (``JointDba``, ``--dba-joint``), where memory allows, removes the first: every vector
+of database ∪ distractors is augmented with its k nearest others in that union (exact, in
+chunks of rows), from the distractors' raw stored vectors (an index built without DBA); the
+augmented distractors then replace their index in αQE, re-ranking and the ranking, searched and
+counted exactly (``JointDistractors``).
+
 The distractor index may live in this process or on Ray actors (``--distributed``): both
 answer searches of prepared vectors and give their stored vectors by id.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
+import pyarrow as pa
 
-from pipeline.evaluate.ranking import RankingModel, distractor_counter
-from pipeline.index.expansion import DbaConfig, QeConfig, alpha_expand
+from pipeline.evaluate.ranking import DistractorIndex, RankingModel, distractor_counter
+from pipeline.index.expansion import DbaConfig, QeConfig, alpha_expand, drop_self
+from pipeline.index.params import SearchParams
 from pipeline.index.query import QueryOptions, describe
 from pipeline.index.rerank import RerankConfig, rerank
-from pipeline.index.search import SearchableIndex, VectorSource
+from pipeline.index.search import SearchableIndex, SearchResult, VectorSource, flat_topk
+from pipeline.index.shard import IndexShard
+from pipeline.index.vectors import StoredVectors
+from pipeline.index.versions import IndexManifest
 from pipeline.index.whitening import Whitening, read_whitening
 from pipeline.io.redact import redact_text
+from pipeline.runtime.memory import peak_rss_bytes
+
+log = logging.getLogger(__name__)
+
+# Joint DBA's memory: the distractor index's own vectors (at most n_dis x d floats, loaded to
+# open it), the raw union and the augmented union: JOINT_COPIES x n_total x d float32, plus a
+# chunk's similarity block and neighbours (``joint_dba_bytes``).
+JOINT_COPIES = 3
+# NOTE: not in paper: the default limit leaves a quarter of the available memory to the rest
+# of the process (descriptors, the ranking's count buffers, the allocator's slack).
+AVAILABLE_FRACTION = 0.75
+SEARCH_BLOCK_ROWS = 131072  # union rows scored at once against a chunk (flat_topk's blocks)
+
+
+@dataclass(frozen=True)
+class JointDba:
+    """DBA over database ∪ distractors jointly (``--dba-joint``), and the memory it may take."""
+
+    # Refused when the estimate exceeds this; None: AVAILABLE_FRACTION of the memory available
+    # when checked (``available_memory_bytes``).
+    max_bytes: int | None = None
+    # Union rows whose neighbours are searched at once: the similarity block is
+    # chunk_rows x min(n_total, SEARCH_BLOCK_ROWS) float32 (0.5 GiB at 1024).
+    chunk_rows: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows <= 0:
+            raise ValueError(f"joint DBA needs chunk_rows >= 1, got {self.chunk_rows}")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError(f"joint DBA's memory limit must be positive, got {self.max_bytes}")
 
 
 @dataclass(frozen=True)
@@ -36,6 +81,13 @@ class EvalPostProcessing:
     dba: DbaConfig | None = None
     qe: QeConfig | None = None
     rerank: RerankConfig | None = None
+    # With distractors: DBA over database ∪ distractors (an index built without DBA); None:
+    # the database over the union, the distractors as their index stores them.
+    dba_joint: JointDba | None = None
+
+    def __post_init__(self) -> None:
+        if self.dba_joint is not None and self.dba is None:
+            raise ValueError("joint DBA needs DBA's k and alpha (--dba K with --dba-joint)")
 
 
 @dataclass
@@ -45,6 +97,9 @@ class Prepared:
     q: np.ndarray
     x: np.ndarray
     applied: list[str] = field(default_factory=list)
+    # The distractors the later steps search and count: their index, or joint DBA's
+    # ``JointDistractors``; None without distractors.
+    distractors: DistractorIndex | None = None
 
 
 def resolve_whitening(
@@ -71,7 +126,7 @@ def resolve_whitening(
 class Candidates:
     """Nearest vectors over database ∪ distractors, best first (database first at ties)."""
 
-    def __init__(self, x: np.ndarray, index: SearchableIndex | None) -> None:
+    def __init__(self, x: np.ndarray, index: DistractorIndex | None) -> None:
         self.x = x
         self.index = index
         self.stored: VectorSource | None = index.stored_vectors() if index is not None else None
@@ -103,6 +158,196 @@ class Candidates:
         return top_s, vectors, np.where(is_db, top_w, -1)
 
 
+def available_memory_bytes() -> int:
+    """Memory this process may still take: MemAvailable (/proc/meminfo; free pages where it is
+    absent), lowered to a container's headroom (its cgroup limit minus its working set: a
+    pod's /proc/meminfo shows its node's memory, not its limit)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for base, limit_file, usage_file, inactive in _CGROUP_MEMORY:
+        try:
+            with open(os.path.join(base, limit_file)) as f:
+                limit = int(f.read())  # cgroup v2 writes "max" for no limit: not a number
+            with open(os.path.join(base, usage_file)) as f:
+                usage = int(f.read())
+            with open(os.path.join(base, "memory.stat")) as f:
+                stat = dict(line.split() for line in f if line.count(" ") == 1)
+        except (OSError, ValueError):
+            continue
+        working_set = usage - int(stat.get(inactive, 0))  # page cache it can drop does not count
+        return max(0, min(available, limit - working_set))
+    return available
+
+
+# cgroup v2, then v1: (folder, limit file, usage file, the reclaimable page cache in memory.stat)
+_CGROUP_MEMORY = (
+    ("/sys/fs/cgroup", "memory.max", "memory.current", "inactive_file"),
+    (
+        "/sys/fs/cgroup/memory",
+        "memory.limit_in_bytes",
+        "memory.usage_in_bytes",
+        "total_inactive_file",
+    ),
+)
+
+
+def joint_dba_bytes(n_total: int, dim: int, k: int, chunk_rows: int) -> int:
+    """Joint DBA's estimated peak memory: JOINT_COPIES x n_total x d float32 (the distractor
+    index's own vectors, the raw union, the augmented union), plus one chunk's similarity block
+    (chunk x min(n_total, SEARCH_BLOCK_ROWS) float32) and its neighbours (chunk x k x d,
+    gathered as float32 and expanded in float64)."""
+    chunk = min(chunk_rows, n_total)
+    block = chunk * (min(n_total, SEARCH_BLOCK_ROWS) * 4 + k * dim * (4 + 8))
+    return JOINT_COPIES * n_total * dim * 4 + block
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def refuse_augmented(manifest: IndexManifest) -> None:
+    """Joint DBA needs the distractors' raw vectors: refuse an index that stored them augmented."""
+    built = manifest.dba
+    if built is not None:
+        raise ValueError(
+            f"joint DBA augments the distractors' raw vectors, but the distractor index (version "
+            f"{manifest.version}) stores them augmented among themselves (build_index.py --dba "
+            f"{built.k}): rebuild it without --dba (the same descriptors and --whitening, another "
+            f"output) for --dba-joint, or drop --dba-joint and pass --dba {built.k} --dba-alpha "
+            f"{built.alpha:g}"
+        )
+
+
+def check_joint_dba(manifest: IndexManifest, n_db: int, post: EvalPostProcessing) -> None:
+    """Refuse joint DBA before the distractor index ``manifest`` describes is loaded: when that
+    index stores augmented vectors, or when the estimated memory exceeds the limit."""
+    joint, dba = post.dba_joint, post.dba
+    if joint is None or dba is None:
+        return
+    refuse_augmented(manifest)
+    n_total = n_db + manifest.count
+    need = joint_dba_bytes(n_total, manifest.dim, dba.k, joint.chunk_rows)
+    if joint.max_bytes is not None:
+        limit, source = joint.max_bytes, "the limit given"
+    else:
+        available = available_memory_bytes()
+        limit = int(AVAILABLE_FRACTION * available)
+        source = f"{AVAILABLE_FRACTION:g} of the {_gib(available)} available"
+    log.info(
+        "joint DBA over %d vectors: about %s needed, %s allowed", n_total, _gib(need), _gib(limit)
+    )
+    # NOTE: not in paper (it does not discuss memory): refused before anything is loaded,
+    # rather than the out-of-memory killer an hour into the neighbour search.
+    if need > limit:
+        raise ValueError(
+            f"joint DBA over {n_total} vectors ({n_db} database + {manifest.count} distractors) "
+            f"of dimension {manifest.dim} needs about {_gib(need)} ({JOINT_COPIES} x n x d float32 "
+            f"+ one chunk's block), more than {_gib(limit)} ({source}; --dba-joint-max-gib): "
+            "run it where more memory is free, or drop --dba-joint (DBA of the database only)"
+        )
+
+
+class JointDistractors:
+    """The distractors after joint DBA, in this process: one flat shard (``IndexShard``) with
+    their index's ids (0..n-1), searched and counted exactly in place of that index."""
+
+    exact = True
+
+    def __init__(self, augmented: np.ndarray) -> None:
+        """``augmented``: (n_dis, d) float32, row i for distractor id i (copied)."""
+        self.dim = augmented.shape[1]
+        flat = faiss.IndexFlatIP(self.dim)
+        flat.add(np.ascontiguousarray(augmented, dtype=np.float32))
+        ids = pa.table({"id": np.arange(len(augmented), dtype=np.int64)})
+        self._shard = IndexShard(0, flat, ids, augmented.nbytes)
+
+    @property
+    def ntotal(self) -> int:
+        return self._shard.ntotal
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        prepared: bool = False,
+    ) -> SearchResult:
+        """Exact top-``k`` of queries already in the augmented space (no whitening here)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        found = self._shard.candidates(q, k, params or SearchParams())
+        return SearchResult(found.ids, found.scores, [])
+
+    def count_above(
+        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
+    ) -> np.ndarray:
+        """(nq, m) int64: distractors scoring strictly above ``thresholds[q, j]``."""
+        return self._shard.count_above(np.ascontiguousarray(queries, np.float32), thresholds)
+
+    def stored_vectors(self) -> StoredVectors:
+        shard = self._shard
+        return StoredVectors([shard.index], [shard.ids], self.dim, lambda _: shard.vectors())
+
+
+def _raw_union(x: np.ndarray, stored: VectorSource, n_dis: int, chunk_rows: int) -> np.ndarray:
+    """U = [x; D]: (n_db + n_dis, d) float32, D the distractors' stored vectors by id."""
+    union = np.empty((len(x) + n_dis, x.shape[1]), np.float32)
+    union[: len(x)] = x
+    for start in range(0, n_dis, chunk_rows):
+        stop = min(start + chunk_rows, n_dis)
+        union[len(x) + start : len(x) + stop] = stored.vectors(np.arange(start, stop))
+    return union
+
+
+def _augment(union: np.ndarray, cfg: DbaConfig, chunk_rows: int) -> np.ndarray:
+    """U': every row of U expanded with its k nearest other rows of U (exact), chunk by chunk:
+    the similarity block is chunk_rows x SEARCH_BLOCK_ROWS, never n x n."""
+    out = np.empty_like(union)
+    for start in range(0, len(union), chunk_rows):
+        rows = union[start : start + chunk_rows]  # (c, d)
+        scores, ids = flat_topk(rows, union, cfg.k + 1, SEARCH_BLOCK_ROWS)  # (c, k + 1)
+        own = np.arange(start, start + len(rows))
+        ids, sims = drop_self(ids, scores, own, cfg.k)  # (c, k): itself excluded
+        out[start : start + len(rows)] = alpha_expand(rows, union[ids], sims, cfg.alpha)
+    return out
+
+
+def joint_dba(
+    x: np.ndarray, index: SearchableIndex, cfg: DbaConfig, joint: JointDba
+) -> tuple[np.ndarray, JointDistractors]:
+    """DBA over U = database ∪ distractors: each row of U (the database ``x`` as prepared, the
+    distractors as their index stores them, raw) becomes α-expanded with its k nearest other
+    rows of U. Returns the augmented database (n_db, d) and distractors."""
+    refuse_augmented(index.manifest)
+    t0 = time.monotonic()
+    n = len(x) + index.ntotal
+    if cfg.k >= n:
+        raise ValueError(f"joint DBA with k = {cfg.k} needs more than {n} vectors")
+    # The raw union is freed when _augment returns, before the flat copy of the distractors.
+    augmented = _augment(
+        _raw_union(x, index.stored_vectors(), index.ntotal, joint.chunk_rows),
+        cfg,
+        joint.chunk_rows,
+    )
+    x_aug = augmented[: len(x)].copy()
+    distractors = JointDistractors(augmented[len(x) :])
+    log.info(
+        "joint DBA k=%d alpha=%g over %d vectors (%d database + %d distractors): %.1fs, "
+        "peak RSS %s",
+        cfg.k,
+        cfg.alpha,
+        n,
+        len(x),
+        index.ntotal,
+        time.monotonic() - t0,
+        _gib(peak_rss_bytes()),
+    )
+    return x_aug, distractors
+
+
 def prepare(
     q: np.ndarray,
     x: np.ndarray,
@@ -113,11 +358,18 @@ def prepare(
     """Whitening (``resolve_whitening``'s), DBA and αQE applied to queries and database;
     ``index``: the distractors (None: the database alone)."""
     whitening, line = resolved
-    out = Prepared(q, x)
+    out = Prepared(q, x, distractors=index)
     if whitening is not None:
-        out = Prepared(whitening.apply(q), whitening.apply(x), [line])
+        out = Prepared(whitening.apply(q), whitening.apply(x), [line], index)
     built = index.manifest.dba if index is not None else None
-    if post.dba is not None:
+    if post.dba is not None and post.dba_joint is not None and index is not None:
+        out.x, out.distractors = joint_dba(out.x, index, post.dba, post.dba_joint)
+        out.applied.append(
+            f"DBA k={post.dba.k} alpha={post.dba.alpha:g}: joint over database + distractors "
+            "(every vector with its k nearest others in their union, the distractors from "
+            "their raw stored vectors; ranked exactly against the augmented union)"
+        )
+    elif post.dba is not None:
         if index is not None and (
             built is None or (built.k, built.alpha) != (post.dba.k, post.dba.alpha)
         ):
@@ -125,6 +377,11 @@ def prepare(
                 f"--dba {post.dba.k} needs a distractor index built with the same DBA "
                 f"(build_index.py --dba {post.dba.k} --dba-alpha {post.dba.alpha:g}); "
                 f"this one has {'none' if built is None else f'k={built.k}'}"
+                + (
+                    " (or add --dba-joint: joint DBA over an index built without)"
+                    if built is None
+                    else ""
+                )
             )
         cand = Candidates(out.x, index)
         s, v, _ = cand.top(out.x, post.dba.k, exclude_db=np.arange(len(out.x)))
@@ -144,7 +401,7 @@ def prepare(
             f"--dba-alpha {built.alpha:g} so the database is augmented the same way"
         )
     if post.qe is not None:
-        s, v, _ = Candidates(out.x, index).top(out.q, post.qe.k)
+        s, v, _ = Candidates(out.x, out.distractors).top(out.q, post.qe.k)
         out.q = alpha_expand(out.q, v, s, post.qe.alpha)
     out.applied += describe_steps(post)
     return out
@@ -171,14 +428,11 @@ class RerankedRanking:
 
 
 def ranking(
-    prepared: Prepared,
-    index: SearchableIndex | None,
-    post: EvalPostProcessing,
-    approx_k: int,
+    prepared: Prepared, post: EvalPostProcessing, approx_k: int
 ) -> tuple[Callable[[int, np.ndarray], np.ndarray], bool]:
-    """positions_of for the full ranking (with distractors when ``index``), and whether it is
-    exact."""
-    q, x = prepared.q, prepared.x
+    """positions_of for the full ranking (with ``prepared.distractors`` when there are), and
+    whether it is exact."""
+    q, x, index = prepared.q, prepared.x, prepared.distractors
     db_scores = q @ x.T
     counts, exact = (
         (None, True) if index is None else distractor_counter(index, q, approx_k, db_scores)

@@ -1,5 +1,6 @@
 """Revisited Oxford/Paris evaluation of descriptor outputs, optionally with the R1M distractor
-index: exact full-ranking positions with a flat index, a top-k lower bound otherwise."""
+index: exact full-ranking positions with a flat index (or after joint DBA, which ranks against
+the augmented distractors by brute force), a top-k lower bound otherwise."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import numpy as np
 from pipeline.datasets.gnd import load_gnd
 from pipeline.evaluate.postprocess import (
     EvalPostProcessing,
+    check_joint_dba,
     prepare,
     ranking,
     resolve_whitening,
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
 from pipeline.index.params import ServingConfig
-from pipeline.index.search import SearchableIndex
+from pipeline.index.search import SearchableIndex, resolve_version
 from pipeline.index.serving import open_index
 from pipeline.io.descriptor_reader import read_descriptors
 
@@ -53,7 +55,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
     and the database-only figures under ``without_distractors``; ``post``: whitening, DBA, αQE
-    and re-ranking (``pipeline.evaluate.postprocess``), listed under ``postprocessing``.
+    and re-ranking (``pipeline.evaluate.postprocess``, joint DBA over database ∪ distractors
+    included), listed under ``postprocessing``.
     ``serving``: the distractor index is searched by Ray actors (``pipeline.index.serving``)
     instead of in this process."""
     post = post or EvalPostProcessing()
@@ -66,8 +69,14 @@ def evaluate(
     x = _rows(d_keys, d_x, truth.imlist, "database")
     gnd = truth.gnd
     if not distractors:
+        if post.dba_joint is not None:
+            raise ValueError("joint DBA augments database and distractors: it needs distractors")
         return _report(gnd, q, x, None, post, approx_k)
-    with open_index(distractors, serving=serving) as index:
+    version = None
+    if post.dba_joint is not None:  # its refusals come before the index is loaded
+        version, manifest = resolve_version(distractors, None)
+        check_joint_dba(manifest, len(x), post)
+    with open_index(distractors, version, serving=serving) as index:
         index.check_queries(d_model, database)
         return _report(gnd, q, x, index, post, approx_k)
 
@@ -84,14 +93,14 @@ def _report(
     # The same whitening with and without distractors (the flag's, or the index's own).
     whitening = resolve_whitening(post, index)
     alone = prepare(q, x, None, post, whitening)
-    positions, _ = ranking(alone, None, post, approx_k)
+    positions, _ = ranking(alone, post, approx_k)
     report: dict[str, Any] = score_protocols(gnd, positions)
     report.update(queries=len(q), database=len(x), distractors=0, exact=True)
     report["postprocessing"] = alone.applied
     if index is None:
         return report
     prepared = prepare(q, x, index, post, whitening)
-    positions, exact = ranking(prepared, index, post, approx_k)
+    positions, exact = ranking(prepared, post, approx_k)
     without = {p: report[p] for p in PROTOCOLS}
     report.update(score_protocols(gnd, positions))
     report["postprocessing"] = prepared.applied
