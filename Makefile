@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev]'
 	touch $(STAMP)
 
+# Test files run on PYTEST_WORKERS processes (pytest-xdist), each with its own S3 server,
+# Ray clusters and temp dir; a file's tests stay on one worker (its module fixtures once).
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	VENV=$(VENV) infra/local/demo.sh

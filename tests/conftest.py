@@ -16,6 +16,12 @@ import pytest
 from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, write_shards
 from tests.support.ray_head import RayHead, start_ray_head
 
+# Under pytest-xdist each worker has its own temp dir, so that what Ray records there (the
+# `ray_current_cluster` a job started by a test joins, session folders) and every temp file
+# belong to that worker's own S3 server and clusters, never another worker's.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["TMPDIR"] = tempfile.mkdtemp(prefix=f"{os.environ['PYTEST_XDIST_WORKER']}-")
+    tempfile.tempdir = None  # re-read TMPDIR
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -29,10 +35,27 @@ os.environ.setdefault(
 SLOW_FIXTURES = frozenset({"s3_endpoint", "s3_bucket", "ray_local", "ray_head", "shards"})
 
 
+# The longest test files, run first: under pytest-xdist (``--dist loadfile``, one file per
+# worker at a time) the longest file bounds the suite, so it must not start last.
+LONGEST_FIRST = (
+    "tests/pipeline/train/test_train.py",
+    "tests/pipeline/extract/test_extract.py",
+    "tests/pipeline/index/test_serving.py",
+    "tests/pipeline/index/test_incremental.py",
+    "tests/pipeline/index/test_build_search.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the collection order within a rank
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """jobs/train.py end to end on a real local Ray cluster (two CPU workers, gloo) with shards on
 the moto S3 server: the loss falls and retrieval mAP on held-out images rises over the
 untrained model; the exported checkpoint gives, through jobs/extract.py --weights, the
-descriptors of the trained model; a killed run resumes from its checkpoint to exactly the
-weights and optimiser state of an uninterrupted run; re-runs and changed configs are handled.
+descriptors of the trained model; a killed run resumes from its checkpoint, and a group whose
+worker died restarts from it, each to exactly the weights and optimiser state of an
+uninterrupted run (of one epoch: recovery needs no learning); re-runs and changed configs are
+handled.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ TRAIN_ARGS = [
     "--shuffle-buffer", "16", "--max-failures", "0",
 ]  # fmt: skip
 STEPS = 5 * (CLASSES * 96 // 16)  # 5 epochs of 24 steps
+# The recovery tests' configuration: one epoch, a checkpoint every 8 steps (a run of its own,
+# cheaper than the five epochs the learning needs, with the same resume path).
+SHORT_ARGS = [*TRAIN_ARGS, "--epochs", "1", "--checkpoint-every", "8"]
+SHORT_STEPS = CLASSES * 96 // 16
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,28 @@ def trained(
     output = f"s3://{bucket}/runs/reference"
     assert train_main(["--input", pattern, "--output", output, *TRAIN_ARGS]) == 0
     yield Trained(bucket, pattern, output)
+
+
+@pytest.fixture(scope="module")
+def short_run(trained: Trained) -> str:
+    """An uninterrupted run of the recovery tests' configuration; returns its folder."""
+    output = f"s3://{trained.bucket}/runs/short"
+    assert train_main(["--input", trained.input, "--output", output, *SHORT_ARGS]) == 0
+    return output
+
+
+def assert_same_training_state(got_output: str, want_output: str) -> None:
+    """Same step count, weights and optimiser state (momentum buffers)."""
+    got, want = final_state(got_output), final_state(want_output)
+    assert got["step"] == want["step"]
+    for key, value in want["model"].items():
+        torch.testing.assert_close(got["model"][key], value, rtol=0, atol=1e-6, msg=key)
+    got_opt, want_opt = got["optimizer"]["state"], want["optimizer"]["state"]
+    assert got_opt.keys() == want_opt.keys()
+    for key, value in want_opt.items():
+        torch.testing.assert_close(
+            got_opt[key]["momentum_buffer"], value["momentum_buffer"], rtol=0, atol=1e-6
+        )
 
 
 def final_state(output: str) -> dict:
@@ -162,36 +190,27 @@ def test_extract_with_the_checkpoint_gives_the_trained_models_descriptors(
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(
-    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    trained: Trained, short_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     output = f"s3://{trained.bucket}/runs/killed"
-    monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=62")
+    monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=20")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
-    args = ["--input", trained.input, "--output", output, *TRAIN_ARGS]
+    args = ["--input", trained.input, "--output", output, *SHORT_ARGS]
     assert train_main(args) == 1
     err = capsys.readouterr().err
     assert "re-running the same command resumes" in err and "Traceback" not in err
-    assert (tmp_path / "train_worker_exit_at_step-62.fired").exists()
+    assert (tmp_path / "train_worker_exit_at_step-20.fired").exists()
     assert read_json(f"{output}/_train.json")["status"] == "failed"
 
     assert train_main(args) == 0  # the same command resumes
     record = read_json(f"{output}/_train.json")
-    assert record["status"] == "succeeded" and record["steps"] == STEPS
+    assert record["status"] == "succeeded" and record["steps"] == SHORT_STEPS
     (resumed,) = record["resumed_from"]
-    assert resumed in (40, 48)  # the last checkpoint registered before the crash at 62
+    assert resumed in (8, 16)  # the last checkpoint registered before the crash at 20
     steps = [h["step"] for h in record["history"]]
-    assert steps == sorted(set(steps)) and steps[-1] == STEPS  # continues, no step twice
+    assert steps == sorted(set(steps)) and steps[-1] == SHORT_STEPS  # continues, no step twice
     # Same step count, weights and optimiser state as the run that was never killed.
-    got, want = final_state(output), final_state(trained.output)
-    assert got["step"] == want["step"] == STEPS
-    for key, value in want["model"].items():
-        torch.testing.assert_close(got["model"][key], value, rtol=0, atol=1e-6, msg=key)
-    got_opt, want_opt = got["optimizer"]["state"], want["optimizer"]["state"]
-    assert got_opt.keys() == want_opt.keys()
-    for key, value in want_opt.items():
-        torch.testing.assert_close(
-            got_opt[key]["momentum_buffer"], value["momentum_buffer"], rtol=0, atol=1e-6
-        )
+    assert_same_training_state(output, short_run)
 
 
 def test_rerun_is_a_no_op_and_a_changed_config_is_refused(trained: Trained, capsys) -> None:
@@ -215,15 +234,17 @@ def test_checkpoint_holds_the_whole_training_state(trained: Trained) -> None:
 
 
 def test_worker_death_inside_a_run_restarts_the_group_from_the_checkpoint(
-    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Trained, short_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output = f"s3://{trained.bucket}/runs/worker-died"
     monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=20")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
-    args = [*TRAIN_ARGS, "--epochs", "1", "--checkpoint-every", "8", "--max-failures", "1"]
+    args = [*SHORT_ARGS, "--max-failures", "1"]
     assert train_main(["--input", trained.input, "--output", output, *args]) == 0
     assert (tmp_path / "train_worker_exit_at_step-20.fired").exists()
     record = read_json(f"{output}/_train.json")
-    assert record["status"] == "succeeded" and record["steps"] == 24
+    assert record["status"] == "succeeded" and record["steps"] == SHORT_STEPS
     (resumed,) = record["resumed_from"]  # one restart, from a checkpoint before step 20
     assert resumed in (8, 16)
+    # The restarted group ends where the run that never failed ended.
+    assert_same_training_state(output, short_run)
