@@ -4,7 +4,7 @@
 - ``pipeline/io`` imports nothing else of ``pipeline``; ``pipeline/runtime`` only ``io``.
 - A workflow package (extract, index, evaluate, datasets, train) imports ``io``, ``runtime``
   and ``glam``, plus the named exceptions the data flow needs: evaluate -> index, datasets;
-  train -> datasets.
+  train -> datasets; index -> extract (search by image decodes as extraction does).
 - The read side of an index (versions, search) and dataset preparation never load Ray.
 """
 
@@ -20,7 +20,8 @@ from tests.support.paths import REPO
 
 WORKFLOWS = ("extract", "index", "evaluate", "datasets", "train")
 SHARED = ("io", "runtime")
-EXCEPTIONS = {"evaluate": {"index", "datasets"}, "train": {"datasets"}}
+# index -> extract: search by image decodes a query image by extraction's own decode path.
+EXCEPTIONS = {"evaluate": {"index", "datasets"}, "train": {"datasets"}, "index": {"extract"}}
 STORAGE_OR_CLUSTER = ("ray", "fsspec", "s3fs", "boto3", "botocore", "pyarrow", "faiss", "pipeline")
 
 

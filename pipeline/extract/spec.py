@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -185,7 +186,12 @@ def stored_fingerprint(stored: dict[str, Any]) -> dict[str, Any]:
 
 def draft_side(spec: ExtractionSpec) -> int | None:
     """The longer side a draft JPEG decode keeps: the largest scale's (None: draft off)."""
-    return round(spec.image_size * max(spec.scales)) if spec.jpeg_draft else None
+    return draft_side_of(spec.image_size, spec.scales, spec.jpeg_draft)
+
+
+def draft_side_of(image_size: int, scales: Sequence[float], jpeg_draft: bool) -> int | None:
+    """``draft_side`` from the settings an output records (search by image decodes so too)."""
+    return round(image_size * max(scales)) if jpeg_draft else None
 
 
 def spec_dict(spec: ExtractionSpec) -> dict[str, Any]:

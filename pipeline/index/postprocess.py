@@ -91,4 +91,5 @@ def extraction_record(descriptors: str, files: list[DescriptorFile]) -> Extracti
         precision=meta.get("precision", "fp32"),
         max_pixels=fingerprint.get("max_pixels"),
         resize=meta.get("resize", "bilinear"),
+        jpeg_draft=bool(fingerprint.get("jpeg_draft", False)),
     )

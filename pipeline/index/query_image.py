@@ -1,6 +1,7 @@
 """Search by image: describe query images exactly as the indexed descriptors were described,
-with the model configuration, weights, image size, scales and precision recorded in the
-version's manifest (``IndexManifest.extraction``, from the descriptors' Parquet metadata).
+through extraction's decode path, with the model configuration, weights, image size, scales,
+precision, pixel limit, draft decode and resize filter recorded in the version's manifest
+(``IndexManifest.extraction``, from the descriptors' Parquet metadata).
 
 The weights are found where the extraction read them (``weights_uri`` in the Parquet metadata,
 or the extraction's ``_job.json``), or at ``weights`` given by the caller; either way their sha256
@@ -70,20 +71,38 @@ def describe_images(
     manifest: IndexManifest, images: list[str], weights: str | None = None
 ) -> np.ndarray:
     """Descriptors (n, dim) of the images at ``images`` (paths or URIs), as the index's."""
-    from glam import decode_image, preprocess
-    from glam.preprocess import DEFAULT_MAX_PIXELS, ImageDecodeError
-
     record = extraction_of(manifest)
-    extractor = load_query_model(record, weights)
-    tensors = []
-    for uri in images:
+    return describe_as_extracted(record, load_query_model(record, weights), images)
+
+
+def describe_as_extracted(
+    record: ExtractionRecord, extractor: GlamExtractor, images: list[str]
+) -> np.ndarray:
+    """Descriptors (n, dim) of ``images`` decoded by extraction's own path
+    (``pipeline.extract.decode``) with the output's recorded settings: pixel limit, JPEG draft
+    decode, resize filter, image size; then the extractor's uint8 batch path, one image a
+    batch. An image extraction would make an error row is a ``ValueError`` saying why."""
+    from glam.preprocess import DEFAULT_MAX_PIXELS
+    from pipeline.extract.decode import DecodedSample, decode_bytes
+    from pipeline.extract.spec import draft_side_of
+
+    side = draft_side_of(record.image_size, record.scales, record.jpeg_draft)
+    rows = []
+    for n, uri in enumerate(images):
         try:
             data = read_bytes(uri)
         except FileNotFoundError:
             raise ValueError(f"no image at {uri}") from None
-        try:
-            img = decode_image(data, max_pixels=record.max_pixels or DEFAULT_MAX_PIXELS)
-            tensors.append(preprocess(img, record.image_size, record.resize))
-        except ImageDecodeError as e:
-            raise ValueError(f"{uri}: {e}") from None
-    return extractor(tensors).numpy()
+        item = decode_bytes(
+            n,
+            uri,
+            data,
+            record.image_size,
+            record.max_pixels or DEFAULT_MAX_PIXELS,
+            side,
+            resize=record.resize,
+        )
+        if not isinstance(item, DecodedSample):
+            raise ValueError(f"{uri}: {item.message}")
+        rows.append(extractor.extract_images([item.image]).numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, extractor.model.config.dim), np.float32)

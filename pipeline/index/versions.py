@@ -91,6 +91,7 @@ class ExtractionRecord:
     precision: str
     max_pixels: int | None = None
     resize: str = "bilinear"  # glam.preprocess.RESIZE_FILTERS
+    jpeg_draft: bool = False  # decoded large JPEGs in the DCT domain (absent: before the draft)
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,51 @@ def test_a_query_image_is_resized_with_the_descriptors_filter(tmp_path) -> None:
         list_descriptor_files(f"{tmp_path}/old/descriptors"),
     )
     assert old is not None and old.resize == "bilinear"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"resize": "lanczos-shrink", "jpeg_draft": False}, {"max_pixels": 500_000}],
+    ids=["draft-bilinear", "lanczos", "pixel-limit"],
+)
+def test_a_query_image_gets_its_own_row_from_the_output_it_came_from(tmp_path, settings) -> None:
+    """A photo large enough for the JPEG draft decode, extracted into an output, then searched
+    by image with the settings that output recorded: the same descriptor (cosine >= 0.99999),
+    through the same decode path; an image extraction refuses is refused alike."""
+    from pipeline.datasets.synthetic import encode, photo
+    from pipeline.extract.spec import ExtractionSpec
+    from pipeline.extract.worker import ShardWorker
+    from pipeline.index.query_image import describe_as_extracted
+    from pipeline.io.descriptor_reader import read_descriptors
+    from tests.support.tars import tar_of
+
+    spec = ExtractionSpec(image_size=64, scales=(1.0,), precision="fp32", **settings)
+    images = {
+        "wide": encode(photo(np.random.default_rng(1), 400, 300), quality=90),  # draft: 1/4
+        "tall": encode(photo(np.random.default_rng(2), 150, 260), quality=90),  # draft: 1/2
+        "huge": encode(photo(np.random.default_rng(3), 900, 700), quality=90),  # 630k pixels
+    }
+    shard = tmp_path / "shards" / "000000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes(tar_of(*[(f"{k}.jpg", data) for k, data in images.items()]))
+    out = str(tmp_path / "out")
+    stats = ShardWorker(spec, device="cpu", name="test").process(str(shard), out)
+    assert stats.status == "committed"
+    record = extraction_record(out, list_descriptor_files(f"{out}/descriptors"))
+    assert record is not None and record.jpeg_draft == spec.jpeg_draft
+    keys, x, _ = read_descriptors(out)
+    paths = {}
+    for key, data in images.items():
+        paths[key] = tmp_path / f"{key}.jpg"
+        paths[key].write_bytes(data)
+    extractor = load_query_model(record)
+    for key in keys:
+        (got,) = describe_as_extracted(record, extractor, [str(paths[key])])
+        cosine = float(got @ x[keys.index(key)])
+        assert cosine >= 0.99999, (key, cosine)
+    if "max_pixels" in settings:
+        assert "huge" not in keys
+        with pytest.raises(ValueError, match=r"huge.jpg: image of 900x700 = 630000 pixels"):
+            describe_as_extracted(record, extractor, [str(paths["huge"])])
+    else:
+        assert sorted(keys) == sorted(images)
