@@ -4,6 +4,12 @@ the figures in BENCHMARKS.md were measured; bench_index.py now uses bench/descri
 
     .venv/bin/python bench/bench_dba.py --vectors 100000 --factory Flat
     .venv/bin/python bench/bench_dba.py --vectors 1000000 --factory IVF1024,Flat
+    .venv/bin/python bench/bench_dba.py --vectors 50000 --joint 5000
+
+``--joint N``: evaluation's joint DBA (``evaluate.py --dba-joint``) instead, over N database
+vectors + the index built without DBA: seconds, peak RSS of this process above its start
+(loading the index and the joint DBA), and the estimate the evaluation checks before loading
+(``joint_dba_bytes``).
 
 DBA searches every stored vector against the version (N queries): O(N² d) with Flat shards,
 about nprobe/nlist of that with IVF. Prints build seconds and peak memory (this process and its
@@ -34,7 +40,7 @@ from pipeline.index.build import IndexBuildConfig, build_index
 from pipeline.index.expansion import DbaConfig
 from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes
 from pipeline.io.storage import join, write_bytes_atomic
-from pipeline.runtime.memory import PeakMemory, tree_rss
+from pipeline.runtime.memory import PeakMemory, rss_bytes, tree_rss
 
 DIM = 512
 CLUSTERS = 10_000  # ~100 descriptors per landmark-like cluster
@@ -68,6 +74,7 @@ def main() -> int:
     p.add_argument("--factory", default="Flat")
     p.add_argument("--train-size", type=int, default=50_000)
     p.add_argument("--k", type=int, default=2)
+    p.add_argument("--joint", type=int, default=0, metavar="N", help="joint DBA, N database rows")
     args = p.parse_args()
     root = tempfile.mkdtemp(prefix="glam-dba-bench-")
     try:
@@ -77,6 +84,8 @@ def main() -> int:
         centers /= np.linalg.norm(centers, axis=1, keepdims=True)
         write_descriptors(desc, args.vectors, args.files, centers, seed=0)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        if args.joint:
+            return _joint(args, desc, join(root, "index"), centers)
         idle = tree_rss(os.getpid())
         cfg = IndexBuildConfig(factory=args.factory, shards=args.shards, train_size=args.train_size)
         rows = []
@@ -105,6 +114,31 @@ def main() -> int:
         print(f"# DBA build / plain build: {rows[1][1] / rows[0][1]:.2f}x the time")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def _joint(args: argparse.Namespace, desc: str, output: str, centers: np.ndarray) -> int:
+    """Joint DBA over ``args.joint`` database vectors + an index built without DBA."""
+    from pipeline.evaluate.postprocess import JointDba, joint_dba, joint_dba_bytes
+    from pipeline.index.search import ShardedIndex
+
+    cfg = IndexBuildConfig(factory=args.factory, shards=args.shards, train_size=args.train_size)
+    build_index(desc, output, cfg)
+    ray.shutdown()
+    x = clustered(np.random.default_rng(7), centers, args.joint, noise=0.8)
+    before = rss_bytes()
+    with PeakMemory() as mem, ShardedIndex.load(output, use_gpu=False) as index:
+        t = time.perf_counter()
+        joint_dba(x, index, DbaConfig(args.k), JointDba())
+        seconds = time.perf_counter() - t
+    n, gib = args.joint + args.vectors, 2**30
+    estimate = joint_dba_bytes(n, DIM, args.k, JointDba().chunk_rows)
+    print(f"# joint DBA k={args.k}: {args.joint} database + {args.vectors} distractors x {DIM}")
+    print("| vectors | seconds | peak RSS (index loaded + joint DBA) | estimate checked |")
+    print("| --- | --- | --- | --- |")
+    print(
+        f"| {n} | {seconds:.1f} | {(mem.peak - before) / gib:.2f} GiB | {estimate / gib:.2f} GiB |"
+    )
     return 0
 
 
