@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
@@ -466,7 +465,9 @@ def _run_shards(
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards
                 if failpoints.trigger("driver_interrupt_after_shards", str(result.committed)):
-                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between two shards
+                    # Ctrl-C between two shards, as Python's SIGINT handler delivers it (a
+                    # signal sent to itself may reach the process while a Ray call holds it).
+                    raise KeyboardInterrupt
             if time.monotonic() - last_poll >= PROGRESS_POLL_S:
                 last_poll = time.monotonic()
                 _poll_progress(board, progress)
