@@ -133,8 +133,7 @@ class LeaseFence:
 
     uri: str  # the lease record, OUTPUT/_lease.json
     token: str
-    ttl_s: float
-    margin_s: float
+    margin_s: float  # of the record's TTL (which the check reads from the record itself)
 
 
 class FenceCheck:
@@ -312,7 +311,7 @@ class Lease:
     def fence(self) -> LeaseFence:
         """What a worker needs to commit into the output only while this run holds it."""
         ttl = self.record.ttl_s
-        return LeaseFence(self.uri, self.record.token, ttl, ttl * FENCE_MARGIN_FRACTION)
+        return LeaseFence(self.uri, self.record.token, ttl * FENCE_MARGIN_FRACTION)
 
     def note(self, detail: str) -> None:
         """Say what the holder is doing (e.g. the version it builds); written at once."""
