@@ -132,7 +132,7 @@ def add_verbose_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 def add_database_arguments(
     p: argparse.ArgumentParser, title: str, whitening_help: str, dba_help: str
 ) -> None:
-    """--whitening, --dba and --dba-alpha (issue 12): build_index.py and evaluate.py."""
+    """--whitening, --dba and --dba-alpha: build_index.py and evaluate.py."""
     g = p.add_argument_group(title)
     g.add_argument("--whitening", default=None, help=whitening_help)
     g.add_argument("--dba", type=positive_int, default=None, metavar="K", help=dba_help)
@@ -146,7 +146,7 @@ def dba_config(args: argparse.Namespace) -> DbaConfig | None:
 
 
 def add_postprocessing_arguments(p: argparse.ArgumentParser) -> None:
-    """αQE and re-ranking flags, the same in search_index.py and evaluate.py (issue 12)."""
+    """αQE and re-ranking flags, the same in search_index.py and evaluate.py."""
     g = p.add_argument_group("query-side post-processing")
     g.add_argument(
         "--aqe",

@@ -1,4 +1,4 @@
-"""Whitening, DBA, αQE and re-ranking in the revisitop evaluation (issue 12), over the database
+"""Whitening, DBA, αQE and re-ranking in the revisitop evaluation, over the database
 and, when given, the R1M distractor index, so that the figures compare with published ones.
 
 Order: whitening (of queries and database, the distractors' is in their index) -> DBA of the

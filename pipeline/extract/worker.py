@@ -132,7 +132,7 @@ class ShardWorker:
         self.fingerprint = fingerprint(
             spec, model.config.to_dict(), model.weights_sha256, self.precision
         )
-        # issue 12: where the weights are, for search by image (jobs/search_index.py --image).
+        # Where the weights are, for search by image (jobs/search_index.py --image).
         self.metadata = file_metadata(
             self.fingerprint, glam.__version__, redact_text(spec.weights or "random"), spec.seed
         )

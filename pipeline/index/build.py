@@ -9,10 +9,10 @@ nothing when inputs and configuration are unchanged; an incremental version (the
 shards reused by reference, only the new files' vectors added, with the stored trained index)
 when only new files appeared; a full build otherwise, and always with DBA.
 
-Issue 11: the up-to-date check only reads; a build holds the output's lease
+The up-to-date check only reads; a build holds the output's lease
 (``pipeline.runtime.lease``), checks it before writing the manifest (a build that lost it
 publishes nothing), moves LATEST forward only, and prunes old versions keeping LATEST and
-every version a kept one references. Issue 12: the whitening file (``cfg.whitening``) is copied
+every version a kept one references. The whitening file (``cfg.whitening``) is copied
 into every version folder (incremental ones too: the same file as the base, or a full rebuild)
 and applied to the training sample and every stored vector; DBA rewrites the shards of the
 version being built, before its manifest.
@@ -96,7 +96,7 @@ class BuildResult:
     kind: str = "full"  # "up_to_date", "full" or "incremental"
     reason: str = ""
     added: int = 0  # vectors this build added (all of them for a full build)
-    dba: DbaRecord | None = None  # issue 12: DBA's time and memory when it ran
+    dba: DbaRecord | None = None  # DBA's time and memory when it ran
 
 
 def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
@@ -146,7 +146,7 @@ def build_shard(
     version_dir: str,
 ) -> int:
     """Add the rows of ``files`` ((uri, first id)) to one index shard; write it and its id table.
-    With ``cfg.whitening`` (issue 12), the version's copy of it whitens every vector first."""
+    With ``cfg.whitening``, the version's copy of it whitens every vector first."""
     use_assigned_cpus()
     whitening = version_whitening(version_dir) if cfg.whitening else None
     return write_shard(
@@ -183,7 +183,7 @@ def build_index(
     preflight(read=[descriptors], write=[output])
     files = list_descriptor_files(descriptors)
     identity = check_same_model(files)
-    # issue 12: the whitening to apply (checked against the descriptors' model).
+    # The whitening to apply (checked against the descriptors' model).
     whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)
     dim = files[0].dim if whitening is None else whitening.dim_out
     job = _Job(descriptors, output, cfg, files, identity, whitening, whitening_sha, dim)
@@ -277,7 +277,7 @@ def _build_version(
     manifest = dataclasses.replace(
         _manifest(plan, previous, version, dim, cfg, counts, job.identity),
         postprocessing=postprocessing,
-        extraction=extraction_record(job.descriptors, job.files),  # issue 12: search by image
+        extraction=extraction_record(job.descriptors, job.files),  # for search by image
     )
     if cfg.dba is not None:
         # DBA of the stored vectors, before publication; plan_build made this a full build.

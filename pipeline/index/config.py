@@ -1,7 +1,7 @@
 """How an index is built (``IndexBuildConfig``), and which of its fields decide the content of
 the shards (a change there means a full rebuild) versus how they are searched or kept.
 
-The post-processing of issue 12 decides the content too, and ``pipeline.index.plan`` compares
+The post-processing (whitening, DBA) decides the content too, and ``pipeline.index.plan`` compares
 it by what was applied rather than by these fields: the whitening by its file's sha256 (the
 same URI may hold another fit), DBA by being configured at all (it changes every stored vector
 from its neighbours, so a build with DBA is always a full one)."""
@@ -47,7 +47,7 @@ class IndexBuildConfig:
     # A full rebuild (retraining the quantizer on all data) instead, once the vectors added
     # since the last full build exceed this fraction of that build's.
     max_new_fraction: float = 0.5
-    # issue 12: a whitening file (jobs/learn_whitening.py) applied to every stored vector and,
+    # A whitening file (jobs/learn_whitening.py) applied to every stored vector and,
     # at search, to every query; and database-side augmentation (pipeline.index.dba).
     whitening: str | None = None
     dba: DbaConfig | None = None

@@ -1,4 +1,4 @@
-"""What an index build records beyond its vectors (issue 12): the whitening it applies (copied
+"""What an index build records beyond its vectors: the whitening it applies (copied
 into the version folder, so the version stays usable when the original moves) and how its
 descriptors were extracted (for search by image)."""
 

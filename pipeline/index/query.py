@@ -1,4 +1,4 @@
-"""Search with post-processing (issue 12): the version's whitening (always, from its manifest),
+"""Search with post-processing: the version's whitening (always, from its manifest),
 then optionally αQE and SuperGlobal-style top-M re-ranking; DBA is in the stored vectors when
 the version was built with it. The same in one process and across Ray actors (any
 ``SearchableIndex``). The result says which steps were applied."""

@@ -77,7 +77,7 @@ def prepare_queries(
 ) -> np.ndarray:
     """Queries as the shards take them: (nq, d) contiguous float32 in the index's space. The
     place for query-side post-processing that a version records: ``whitening``, the version's
-    learned whitening (issue 12), maps descriptors as extracted into that space."""
+    learned whitening, maps descriptors as extracted into that space."""
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
     if whitening is not None:
         if q.shape[1] != whitening.dim_in:
@@ -233,7 +233,7 @@ class VersionIndex(Closing):
 
     @cached_property
     def whitening(self) -> Whitening | None:
-        """The version's learned whitening (issue 12; its copy in the version folder), read on
+        """The version's learned whitening (its copy in the version folder), read on
         first use: serving actors, which only get prepared queries, never read it."""
         record = self.manifest.whitening
         if record is None:

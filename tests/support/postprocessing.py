@@ -1,6 +1,7 @@
-"""Independent references for the post-processing of issue 12, in plain loops from the papers'
-definitions: α-weighted expansion (Radenović et al., TPAMI 2018) for αQE and DBA, and
-SuperGlobal's re-ranking (Shao et al., ICCV 2023, as its published MDescAug/RerankwMDA do it)."""
+"""Independent references for the post-processing (whitening, DBA, αQE, re-ranking), in plain
+loops from the papers' definitions: α-weighted expansion (Radenović et al., TPAMI 2018) for αQE
+and DBA, and SuperGlobal's re-ranking (Shao et al., ICCV 2023, as its published
+MDescAug/RerankwMDA do it)."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def test_search_defaults_alone_make_a_version_that_reuses_every_shard(ray_local,
     assert list_versions(out) == [first, result.version]
 
 
-# -- post-processing (issue 12) and incremental versions --------------------------------------
+# -- post-processing and incremental versions --------------------------------------
 
 
 def test_an_incremental_version_whitens_its_new_vectors_with_the_base_whitening(
