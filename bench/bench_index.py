@@ -169,7 +169,7 @@ class Bench:
             index = ShardedIndex.load(out)
             search_s, _ = timed(lambda: index.search(q, a.k))
             search100_s, exact100 = timed(lambda: index.search(q, 100))
-            xb = np.concatenate([index.shard_vectors(s) for s in range(len(index.held))])
+            xb = np.concatenate([shard.vectors() for shard in index.held])
             matmul_s, _ = timed(lambda: q @ xb.T)
             db_scores = q @ xb[:: len(xb) // 5000][:5000].T  # stands for 70 x 5k ROxf scores
             rank_s, _ = timed(lambda: distractor_counter(index, q, a.k, db_scores), 1)

@@ -32,12 +32,18 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from pipeline.evaluate.ranking import DistractorIndex, RankingModel, distractor_counter
+from pipeline.evaluate.ranking import RankingModel, distractor_counter
 from pipeline.index.expansion import DbaConfig, QeConfig, alpha_expand, drop_self
 from pipeline.index.params import SearchParams
 from pipeline.index.query import QueryOptions, describe
 from pipeline.index.rerank import RerankConfig, rerank
-from pipeline.index.search import SearchableIndex, SearchResult, VectorSource, flat_topk
+from pipeline.index.search import (
+    SearchableIndex,
+    SearchResult,
+    VectorSource,
+    VersionIndex,
+    flat_topk,
+)
 from pipeline.index.shard import IndexShard
 from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import IndexManifest
@@ -99,11 +105,11 @@ class Prepared:
     applied: list[str] = field(default_factory=list)
     # The distractors the later steps search and count: their index, or joint DBA's
     # ``JointDistractors``; None without distractors.
-    distractors: DistractorIndex | None = None
+    distractors: SearchableIndex | None = None
 
 
 def resolve_whitening(
-    post: EvalPostProcessing, index: SearchableIndex | None
+    post: EvalPostProcessing, index: VersionIndex | None
 ) -> tuple[Whitening | None, str]:
     """The whitening to apply (the flag's, else the index's) and its report line; a flag that
     differs from the distractor index's whitening is refused."""
@@ -126,7 +132,7 @@ def resolve_whitening(
 class Candidates:
     """Nearest vectors over database ∪ distractors, best first (database first at ties)."""
 
-    def __init__(self, x: np.ndarray, index: DistractorIndex | None) -> None:
+    def __init__(self, x: np.ndarray, index: SearchableIndex | None) -> None:
         self.x = x
         self.index = index
         self.stored: VectorSource | None = index.stored_vectors() if index is not None else None
@@ -251,11 +257,9 @@ def check_joint_dba(manifest: IndexManifest, n_db: int, post: EvalPostProcessing
         )
 
 
-class JointDistractors:
+class JointDistractors(SearchableIndex):
     """The distractors after joint DBA, in this process: one flat shard (``IndexShard``) with
     their index's ids (0..n-1), searched and counted exactly in place of that index."""
-
-    exact = True
 
     def __init__(self, augmented: np.ndarray) -> None:
         """``augmented``: (n_dis, d) float32, row i for distractor id i (copied)."""
@@ -268,6 +272,10 @@ class JointDistractors:
     @property
     def ntotal(self) -> int:
         return self._shard.ntotal
+
+    @property
+    def exact(self) -> bool:
+        return True
 
     def search(
         self,
@@ -316,7 +324,7 @@ def _augment(union: np.ndarray, cfg: DbaConfig, chunk_rows: int) -> np.ndarray:
 
 
 def joint_dba(
-    x: np.ndarray, index: SearchableIndex, cfg: DbaConfig, joint: JointDba
+    x: np.ndarray, index: VersionIndex, cfg: DbaConfig, joint: JointDba
 ) -> tuple[np.ndarray, JointDistractors]:
     """DBA over U = database ∪ distractors: each row of U (the database ``x`` as prepared, the
     distractors as their index stores them, raw) becomes α-expanded with its k nearest other
@@ -351,7 +359,7 @@ def joint_dba(
 def prepare(
     q: np.ndarray,
     x: np.ndarray,
-    index: SearchableIndex | None,
+    index: VersionIndex | None,
     post: EvalPostProcessing,
     resolved: tuple[Whitening | None, str],
 ) -> Prepared:

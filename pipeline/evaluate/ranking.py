@@ -6,34 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from pipeline.index.params import SearchParams
-from pipeline.index.search import SearchResult, VectorSource
-
-
-class DistractorIndex(Protocol):
-    """What the evaluation needs of the distractors: a loaded index (``SearchableIndex``), or
-    the distractors after joint DBA (``pipeline.evaluate.postprocess.JointDistractors``)."""
-
-    @property
-    def exact(self) -> bool: ...
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        params: SearchParams | None = None,
-        prepared: bool = False,
-    ) -> SearchResult: ...
-
-    def count_above(
-        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
-    ) -> np.ndarray: ...
-
-    def stored_vectors(self) -> VectorSource: ...
+from pipeline.index.search import SearchableIndex
 
 
 @dataclass(frozen=True)
@@ -57,7 +33,7 @@ class RankingModel:
 
 
 def distractor_counter(
-    index: DistractorIndex, queries: np.ndarray, k: int, db_scores: np.ndarray
+    index: SearchableIndex, queries: np.ndarray, k: int, db_scores: np.ndarray
 ) -> tuple[Callable[[int, np.ndarray], np.ndarray], bool]:
     """counts_above for the distractors, and whether it is exact (flat index: every distractor
     scored against each database score ``db_scores`` (nq, n_db), in one process or on the

@@ -20,7 +20,7 @@ from pipeline.evaluate.postprocess import (
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
 from pipeline.index.params import ServingConfig
-from pipeline.index.search import SearchableIndex, resolve_version
+from pipeline.index.search import VersionIndex, resolve_version
 from pipeline.index.serving import open_index
 from pipeline.io.descriptor_reader import read_descriptors
 
@@ -85,7 +85,7 @@ def _report(
     gnd: list[dict[str, Any]],
     q: np.ndarray,
     x: np.ndarray,
-    index: SearchableIndex | None,
+    index: VersionIndex | None,
     post: EvalPostProcessing,
     approx_k: int,
 ) -> dict[str, Any]:

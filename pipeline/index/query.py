@@ -1,7 +1,7 @@
 """Search with post-processing: the version's whitening (always, from its manifest),
 then optionally αQE and SuperGlobal-style top-M re-ranking; DBA is in the stored vectors when
 the version was built with it. The same in one process and across Ray actors (any
-``SearchableIndex``). The result says which steps were applied."""
+``VersionIndex``). The result says which steps were applied."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.index.expansion import QeConfig, alpha_expand
 from pipeline.index.params import SearchParams
 from pipeline.index.rerank import RerankConfig, rerank
-from pipeline.index.search import SearchableIndex, SearchResult, VectorSource
+from pipeline.index.search import SearchableIndex, SearchResult, VectorSource, VersionIndex
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class QueryResult:
     applied: list[str] = field(default_factory=list)  # the post-processing steps, in order
 
 
-def applied_in_index(index: SearchableIndex) -> list[str]:
+def applied_in_index(index: VersionIndex) -> list[str]:
     """The version's own post-processing, as report lines."""
     steps = []
     if (w := index.manifest.whitening) is not None:
@@ -79,7 +79,7 @@ def rerank_result(
 
 
 def search(
-    index: SearchableIndex,
+    index: VersionIndex,
     queries: np.ndarray,
     k: int,
     opts: QueryOptions,

@@ -18,13 +18,13 @@ and across Ray actors (``pipeline.index.serving.DistributedIndex``):
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from types import TracebackType
 from typing import Protocol, Self
 
-import faiss
 import numpy as np
 
 from pipeline.index import gpu
@@ -130,51 +130,61 @@ def search_shards(
     return result_with_keys(merged, keys(group_by_shard(merged)))
 
 
-class SearchableIndex(Protocol):
-    """What evaluation and the jobs need from an index, in one process or across actors."""
-
-    version: str
-    manifest: IndexManifest
-    params: SearchParams  # the defaults search() uses
-
-    @property
-    def ntotal(self) -> int: ...
-
-    @property
-    def exact(self) -> bool: ...
-
-    @property
-    def whitening(self) -> Whitening | None: ...
-
-    def prepare_queries(self, queries: np.ndarray, prepared: bool = False) -> np.ndarray: ...
-
-    def check_queries(self, identity: dict[str, str], source: str) -> None: ...
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        params: SearchParams | None = None,
-        prepared: bool = False,
-    ) -> SearchResult: ...
-
-    def count_above(
-        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
-    ) -> np.ndarray: ...
-
-    def stored_vectors(self) -> VectorSource: ...
-
-    def close(self) -> None: ...
-
-
 class VectorSource(Protocol):
     """The stored vectors of a version by global id (``pipeline.index.vectors``)."""
 
     def vectors(self, ids: np.ndarray) -> np.ndarray: ...
 
 
-class Closing:
-    """``with index: …`` closes the index at the end."""
+class SearchableIndex(ABC):
+    """Vectors searched by inner product with queries already in their space: what a ranking
+    over them needs (top-k, exact counts above a score, their stored vectors). An index
+    version is one (``VersionIndex``); so are evaluation's distractors after joint DBA
+    (``pipeline.evaluate.postprocess.JointDistractors``)."""
+
+    @property
+    @abstractmethod
+    def ntotal(self) -> int:
+        """The number of vectors searched."""
+
+    @property
+    @abstractmethod
+    def exact(self) -> bool:
+        """True when scores and ranks are exact (flat): ``count_above`` answers only then."""
+
+    @abstractmethod
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        prepared: bool = False,
+    ) -> SearchResult:
+        """Top-``k`` per query (nq, d), best first; ``prepared``: the queries are already in
+        the index's space."""
+
+    @abstractmethod
+    def count_above(
+        self, queries: np.ndarray, thresholds: np.ndarray, prepared: bool = False
+    ) -> np.ndarray:
+        """(nq, m) int64: vectors scoring strictly above ``thresholds[q, j]`` for query q."""
+
+    @abstractmethod
+    def stored_vectors(self) -> VectorSource:
+        """The stored vectors by global id (αQE, DBA, re-ranking)."""
+
+
+class VersionIndex(SearchableIndex):
+    """An index version, answered the same in one process (``ShardedIndex``) and across
+    actors (``DistributedIndex``): the query-side step, run where the queries are, before any
+    shard sees them (the version's whitening), the check that queries come from the index's
+    descriptor model, and the search (``search_shards``) over the subclass's ``candidates``,
+    ``rescore`` and ``keys_of``. ``with index: …`` closes it at the end."""
+
+    output: str
+    version: str
+    manifest: IndexManifest
+    params: SearchParams  # the version's recorded defaults; search(params=…) overrides
 
     def __enter__(self) -> Self:
         return self
@@ -185,32 +195,19 @@ class Closing:
         self.close()
 
     def close(self) -> None:
-        """Release what the index holds."""
+        """Release what the index holds (nothing here; the actors of a distributed one)."""
 
-
-class VersionIndex(Closing):
-    """What an index version answers the same in one process (``ShardedIndex``) and across
-    actors (``DistributedIndex``): the query-side step, run where the queries are, before any
-    shard sees them (the version's whitening), the check that queries come from the index's
-    descriptor model, and the search (``search_shards``) over the subclass's ``candidates``,
-    ``rescore`` and ``keys_of``."""
-
-    output: str
-    version: str
-    manifest: IndexManifest
-    params: SearchParams  # the version's recorded defaults; search(params=…) overrides
-
+    @abstractmethod
     def candidates(self, queries: np.ndarray, k: int, params: SearchParams) -> list[Candidates]:
         """Every shard's candidates for prepared ``queries``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rescore(self, queries: np.ndarray, cut: Merged) -> np.ndarray:
         """(nq, m) float32: the refinement scores of the ``cut``'s entries."""
-        raise NotImplementedError
 
+    @abstractmethod
     def keys_of(self, wanted: dict[int, np.ndarray]) -> dict[int, dict[int, str]]:
         """shard -> {position: key} for the ``wanted`` positions."""
-        raise NotImplementedError
 
     def search(
         self,
@@ -322,30 +319,6 @@ class ShardedIndex(VersionIndex):
             lazy,
         )
 
-    # -- compatibility with the first ShardedIndex (a dataclass of lists) ------------------
-
-    @property
-    def shards(self) -> list[faiss.Index | None]:
-        """The FAISS index of each shard (None for a lazy index's unloaded shards)."""
-        return [s.index for s in self._shards]
-
-    @property
-    def ids(self) -> list[np.ndarray]:
-        return [s.ids for s in self._shards]
-
-    @property
-    def keys(self) -> list[list[str]]:
-        """Per shard, the key of each position (materialises Python strings: for small uses)."""
-        return [s.table["key"].to_pylist() for s in self._shards]
-
-    @property
-    def sources(self) -> list[list[str]]:
-        return [s.table["source"].cast("string").to_pylist() for s in self._shards]
-
-    def shard_vectors(self, s: int) -> np.ndarray:
-        """The stored vectors of a flat shard (n, d)."""
-        return self._shards[s].vectors()
-
     # -- search -----------------------------------------------------------------------------
 
     @property
@@ -415,4 +388,10 @@ class ShardedIndex(VersionIndex):
 
     def stored_vectors(self) -> StoredVectors:
         """The held shards' stored vectors by global id (αQE, DBA, re-ranking)."""
-        return StoredVectors(self.shards, self.ids, int(self.manifest.dim), self.shard_vectors)
+        shards = self._shards
+        return StoredVectors(
+            [s.index for s in shards],
+            [s.ids for s in shards],
+            int(self.manifest.dim),
+            lambda s: shards[s].vectors(),
+        )

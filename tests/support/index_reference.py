@@ -8,6 +8,7 @@ import numpy as np
 
 from pipeline.index.build import TRAINED
 from pipeline.index.params import SearchParams
+from pipeline.index.search import ShardedIndex
 from pipeline.index.shard_files import new_index
 from pipeline.index.versions import read_latest
 from pipeline.io.storage import exists, join, read_bytes
@@ -36,3 +37,8 @@ def faiss_search(
         refine = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
         return index.search(q, k, params=refine)
     return index.search(q, k, params=ivf)
+
+
+def held_keys(index: ShardedIndex) -> list[str]:
+    """Every key the index holds, shard by shard (Python strings: for small test indexes)."""
+    return [k for shard in index.held for k in shard.table["key"].to_pylist()]
