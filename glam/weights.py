@@ -23,7 +23,6 @@ import fsspec
 import safetensors
 import safetensors.torch
 import torch
-import torchvision
 from torch import nn
 
 from glam.config import GlamConfig
@@ -310,8 +309,12 @@ def load_state_dict_strict(
     model.load_state_dict(dict(state_dict), strict=True)
 
 
-def imagenet_weights(backbone: str) -> torchvision.models.WeightsEnum:
-    """The ImageNet weights the paper starts from (torchvision's original V1 release)."""
+def imagenet_weights(backbone: str) -> Any:
+    """The ImageNet weights the paper starts from (torchvision's original V1 release): a
+    ``torchvision.models.WeightsEnum``. torchvision is imported here only: importing it loads
+    torch._dynamo (seconds in every process that builds a model, e.g. each Ray actor)."""
+    import torchvision
+
     # NOTE: not in paper: which ImageNet release is not stated; V1 is the classic
     # ResNet weights used by the retrieval literature (cirtorch, DELG).
     weights_enum = torchvision.models.get_model_weights(backbone)

@@ -4,6 +4,7 @@ training run folders, index inputs)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -24,7 +25,6 @@ def versions() -> dict[str, str]:
     import pyarrow
     import ray
     import torch
-    import torchvision
     import webdataset
 
     import glam
@@ -33,7 +33,7 @@ def versions() -> dict[str, str]:
         "glam-pipeline": glam.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),  # no import: seconds
         "ray": ray.__version__,
         "pyarrow": pyarrow.__version__,
         "webdataset": getattr(webdataset, "__version__", "unknown"),
