@@ -13,7 +13,7 @@ from glam.arcface import ArcFaceHead, arcface_loss
 from glam.builder import IMAGENET, RANDOM, build_glam
 from glam.classifier import GlamClassifier
 from glam.config import DEFAULT_SCALES, ExtractConfig, GlamConfig
-from glam.extract import GlamExtractor, same_size_batches, select_device
+from glam.extract import GlamExtractor, select_device
 from glam.model import GLAM
 from glam.preprocess import ImageDecodeError, decode_image, preprocess
 from glam.recipe import AugmentConfig, TrainConfig
@@ -49,7 +49,6 @@ __all__ = [
     "decode_image",
     "load_checkpoint",
     "preprocess",
-    "same_size_batches",
     "save_checkpoint",
     "select_device",
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
+from glam.batching import SizeBuckets
 from glam.batchnorm_fold import fold_batchnorm
 from glam.config import ExtractConfig
 from glam.model import GLAM
@@ -252,16 +252,8 @@ class GlamExtractor:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         out = torch.empty(len(images), self.model.config.dim)
-        for idx in same_size_batches(images, batch_size):
+        buckets: SizeBuckets[int] = SizeBuckets(batch_size, lambda i: tuple(images[i].shape))
+        batches = [batch for i in range(len(images)) for batch in buckets.add(i)]
+        for idx in batches + buckets.flush():
             out[idx] = self.extract_batch(torch.stack([images[i] for i in idx]))
         return out
-
-
-def same_size_batches(images: Sequence[torch.Tensor], batch_size: int) -> Iterator[list[int]]:
-    """Index lists of images with equal (H, W), at most ``batch_size`` long."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, img in enumerate(images):
-        groups[tuple(img.shape)].append(i)
-    for idx in groups.values():
-        for start in range(0, len(idx), batch_size):
-            yield idx[start : start + batch_size]

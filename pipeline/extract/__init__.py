@@ -6,7 +6,7 @@
 | ``decode`` | one sample -> an image or a typed error row, and a row per other image member |
 | ``gpu_decode`` | ``--decode gpu``: JPEGs batched through nvjpeg, the rest routed to the CPU |
 | ``feed`` | a shard read and decoded in parallel threads, handed over in shard order |
-| ``batching`` | size buckets: only equal-size images share a batch |
+| ``batching`` | ``glam.batching``'s size buckets over decoded samples (equal sizes only) |
 | ``worker`` | ``ShardWorker``: feed -> buckets -> GLAM (one compute thread) -> Parquet -> marker |
 | ``stats`` | ``ShardStats`` (the commit marker's body), totals, metrics |
 | ``actors`` | the Ray actor around the worker |
