@@ -201,11 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.ray_address)
         result = run_extraction(job)
         print(result.summary())
+        from pipeline.io.layout import failed_shards_uri
         from pipeline.io.redact import redact_text
 
-        for failed in result.failed:
+        for failed in result.failed:  # the first ones; all are in _failed_shards.parquet
             line = f"failed shard: {failed.shard}: {failed.error}"
             print(redact_text(line), file=sys.stderr)
+        if result.failed_count > len(result.failed):
+            more = result.failed_count - len(result.failed)
+            where = redact_text(failed_shards_uri(args.output))
+            print(f"… and {more} more failed shards (all of them in {where})", file=sys.stderr)
         return 0 if result.succeeded else 1
 
     return run_main(run)

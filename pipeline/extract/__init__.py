@@ -11,9 +11,12 @@
 | ``stats`` | ``ShardStats`` (the commit marker's body), totals, metrics |
 | ``actors`` | the Ray actor around the worker |
 | ``recovery`` | failed actors waited for; deaths counted by real restarts |
+| ``resume`` | what an output holds, from one listing of its markers; totals to trust or recount |
+| ``failures`` | failed shards bounded: the first in full, a count, all in a Parquet file |
 | ``driver`` | list, skip committed, start actors, schedule, re-queue, ``_job.json`` |
 | ``summary`` | an output read back through DuckDB |
 
-Per shard: descriptors file, errors file (both atomic), then the marker ``_shards/<id>.json``
-(stats + fingerprint). A shard is done iff its marker exists with the job's fingerprint.
+Per shard: descriptors file, errors file (both atomic), then the marker
+``_shards/<id>.<source digest>.json`` (stats + fingerprint). A shard is done iff its marker
+exists; its name tells from which source, so one listing of ``_shards/`` tells what is done.
 """

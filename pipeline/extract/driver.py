@@ -22,31 +22,20 @@ from pipeline.extract.actors import (
     create_actors,
     create_board,
 )
+from pipeline.extract.failures import FailedShards
 from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
-from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict, stored_fingerprint
+from pipeline.extract.resume import final_totals, scan_output, trusted_totals
+from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
-from pipeline.io.layout import job_uri, marker_uri, markers_folder
-from pipeline.io.redact import redact, redact_text
+from pipeline.io.layout import job_uri
+from pipeline.io.redact import redact
 from pipeline.io.shards import list_shards, shard_id
-from pipeline.io.storage import (
-    WEIGHTS_STORE,
-    canonical_uri,
-    filesystem,
-    join,
-    read_json,
-    write_json_atomic,
-)
+from pipeline.io.storage import WEIGHTS_STORE, write_json_atomic
 from pipeline.runtime import failpoints, metrics
 from pipeline.runtime.lease import DEFAULT_TTL_S, Lease
 from pipeline.runtime.preflight import preflight
 from pipeline.runtime.progress import ProgressReporter
-from pipeline.runtime.records import (
-    OutputMismatchError,
-    check_fingerprint,
-    differing_keys,
-    now,
-    versions,
-)
+from pipeline.runtime.records import OutputMismatchError, differing_keys, now, versions
 from pipeline.runtime.resources import WorkerPlan, plan_workers, shortfall
 
 log = logging.getLogger(__name__)
@@ -59,97 +48,62 @@ START_REPORT_S = 30.0
 
 @dataclass
 class JobResult:
+    """One run's counts; per shard it keeps only the first failed ones (``failures``)."""
+
     shards: int = 0
     skipped: int = 0
     committed: int = 0
-    failed: list[FailedShard] = field(default_factory=list)
+    failures: FailedShards = field(default_factory=FailedShards)
     samples: int = 0
     ok: int = 0
     errors: int = 0
     wall_s: float = 0.0
+    totals: ShardTotals = field(default_factory=ShardTotals)  # over this run's commits
+
+    @property
+    def failed(self) -> list[FailedShard]:
+        """The first failed shards (``KEEP`` at most); ``failed_count`` counts all."""
+        return self.failures.first
+
+    @property
+    def failed_count(self) -> int:
+        return self.failures.count
 
     @property
     def succeeded(self) -> bool:
-        return not self.failed
+        return not self.failures.count
 
     def summary(self) -> str:
         rate = self.samples / self.wall_s if self.wall_s else 0.0
         return (
             f"{self.shards} shards: {self.committed} done, {self.skipped} skipped, "
-            f"{len(self.failed)} failed; {self.samples} images ({self.ok} descriptors, "
+            f"{self.failed_count} failed; {self.samples} images ({self.ok} descriptors, "
             f"{self.errors} error rows) in {self.wall_s:.1f}s ({rate:.2f} images/s)"
         )
 
     def add(self, stats: ShardStats) -> None:
         """Count one finished shard."""
         if not stats.committed:
-            log.error("shard %s failed: %s", stats.shard, stats.error)
-            self.failed.append(FailedShard(stats.source, stats.error))
+            self.failures.add(FailedShard(stats.source, stats.error))
             return
         self.committed += 1
         self.samples += stats.samples
         self.ok += stats.ok
         self.errors += stats.errors
+        self.totals.add(stats)
 
-
-def check_output(
-    output: str, fp: dict[str, Any], shards: list[str]
-) -> tuple[dict[str, Any] | None, dict[str, ShardStats], set[str]]:
-    """The output's previous ``_job.json``, the committed shards (by shard id) of this
-    configuration, and the precisions the output's shards were made in; refuse an output that
-    holds shards of another configuration, and a shard committed from another source under
-    the same name (``day1/000000.tar`` committed, ``day2/000000.tar`` given: skipping it would
-    lose day2's images). A precision of ``auto`` (resolved later, on the actors) matches any
-    but is bound to the precision of whatever the output committed, from any input (one
-    listing of the markers). A configuration that committed no shard does not bind the
-    output: the next run's replaces it."""
-    unresolved = ("precision",) if fp["precision"] == "auto" else ()
-    wanted = _without(fp, unresolved)
-
-    def check(what: str, stored: dict[str, Any]) -> None:
-        precisions.add(str(stored.get("precision")))
-        check_fingerprint(what, _without(stored_fingerprint(stored), unresolved), wanted)
-
-    precisions: set[str] = set()
-    previous = read_json(job_uri(output))
-    recorded = _without(stored_fingerprint((previous or {}).get("fingerprint", {})), unresolved)
-    if previous is not None and (recorded != wanted or unresolved):
-        # The shards committed bind the output (they all share one fingerprint: this very
-        # check keeps it so), not the record of a run that may have committed nothing.
-        bound = committed_fingerprint(output)
-        if bound is not None:
-            check(output, bound)
-    if previous is not None and recorded != wanted:
-        log.warning(
-            "%s: the previous run's configuration (differs in: %s) committed no shard; "
-            "this run's replaces it",
-            output,
-            ", ".join(differing_keys(recorded, wanted)),
-        )
-        previous = None
-    committed = {}
-    moved = []
-    for shard in shards:
-        sid = shard_id(shard)
-        marker = read_json(marker_uri(output, sid))
-        if marker is None:
-            continue
-        check(f"shard {sid} in {output}", marker.get("fingerprint", {}))
-        stats = ShardStats.from_dict(marker)
-        if canonical_uri(stats.source) != canonical_uri(redact_text(shard)):  # stored redacted
-            moved.append(f"{sid} (committed from {stats.source}, given {redact_text(shard)})")
-        committed[sid] = stats
-    if moved:
-        raise OutputMismatchError(
-            f"{output} holds shards of the same name from other sources: "
-            f"{'; '.join(moved[:3])}{'; …' if len(moved) > 3 else ''} ({len(moved)} in all); "
-            "shard names identify a shard in an output: extract each folder to its own output"
-        )
-    return previous, committed, precisions
-
-
-def _without(fp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in fp.items() if k not in keys}
+    def record(self) -> dict[str, Any]:
+        """The run's counts for ``_job.json`` (``last_run``)."""
+        return {
+            "shards": self.shards,
+            "skipped": self.skipped,
+            "committed": self.committed,
+            "failed": self.failed_count,
+            "samples": self.samples,
+            "ok": self.ok,
+            "errors": self.errors,
+            "wall_s": self.wall_s,
+        }
 
 
 def resolved_fingerprint(
@@ -181,109 +135,125 @@ def resolved_fingerprint(
     return actual
 
 
-def committed_fingerprint(output: str) -> dict[str, Any] | None:
-    """The fingerprint of the output's committed shards (one marker's), or None if none."""
-    fs, path = filesystem(markers_folder(output))
-    fs.invalidate_cache(path)
-    markers = sorted(fs.glob(join(path, "*.json")))
-    if not markers:
-        return None
-    marker = read_json(join(markers_folder(output), markers[0].rsplit("/", 1)[1]))
-    return stored_fingerprint(dict((marker or {}).get("fingerprint", {})))
+def _without(fp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in fp.items() if k not in keys}
 
 
 def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> JobResult:
     """Run ``job`` on the connected Ray cluster; returns totals (failed shards included).
 
     A finished output is only read. Otherwise the run holds the output's lease while it
-    works: a second run on the same output is refused, naming this one."""
+    works: a second run on the same output is refused, naming this one. What the output
+    holds comes from listings of its markers (``pipeline.extract.resume``): before the lease
+    and again under it, with no request per shard."""
     t0 = time.monotonic()
     shards = list_shards(job.input)
-    ids = [shard_id(s) for s in shards]
     weights = [] if job.spec.weights in (None, RANDOM, IMAGENET) else [job.spec.weights]
     preflight(read=[shards[0], *weights], write=[])
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed, store=WEIGHTS_STORE)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
-    previous, committed, precisions = check_output(job.output, fp, shards)
-    if previous is not None and len(committed) == len(shards):
+    scan = scan_output(job.output, fp, shards)
+    if scan.previous is not None and len(scan.committed) == len(shards):
         result = JobResult(shards=len(shards), skipped=len(shards))
         result.wall_s = time.monotonic() - t0
         log.info("every shard is committed: nothing to do")
         log.info("%s", result.summary())
         return result
+    del scan  # its committed map: one per process at a time
     preflight(read=[], write=[job.output])  # a finished output is only read: no probe there
     with Lease(job.output, "extract", ttl_s=lease_ttl_s) as lease:
         # As it is now, under the lease.
-        previous, committed, precisions = check_output(job.output, fp, shards)
-        if fp["precision"] == "auto" and len(precisions) == 1:
+        scan = scan_output(job.output, fp, shards)
+        if fp["precision"] == "auto" and len(scan.precisions) == 1:
             # auto is bound to what the output committed: one output, one precision.
-            bound = cast(Precision, next(iter(precisions)))
+            bound = cast(Precision, next(iter(scan.precisions)))
             log.info("--precision auto: %s, the precision of the output's shards", bound)
             job = replace(job, spec=replace(job.spec, precision=bound))
             fp = {**fp, "precision": bound}
-        return _extract(job, shards, ids, fp, previous, committed, precisions, lease, t0)
+        todo = [s for s in shards if shard_id(s) not in scan.committed]
+        base = trusted_totals(scan.previous, scan.markers)
+        run = _Run(len(shards), todo, fp, scan.previous is not None, scan.precisions, base)
+        del scan, shards
+        return _extract(job, run, lease, t0)
 
 
-def _extract(
-    job: ExtractionJob,
-    shards: list[str],
-    ids: list[str],
-    fp: dict[str, Any],
-    previous: dict[str, Any] | None,
-    committed: dict[str, ShardStats],
-    precisions: set[str],
-    lease: Lease,
-    t0: float,
-) -> JobResult:
-    todo = [s for s, sid in zip(shards, ids, strict=True) if sid not in committed]
-    result = JobResult(shards=len(shards), skipped=len(shards) - len(todo))
-    log.info("%d shards, %d already committed, %d to do", len(shards), result.skipped, len(todo))
+@dataclass(frozen=True)
+class _Run:
+    """What a run under the lease starts from (no per-shard state but the shards to do)."""
+
+    shards: int  # the input's shards
+    todo: list[str]  # those not committed yet
+    fp: dict[str, Any]
+    had_record: bool  # the output has a ``_job.json`` that binds it
+    precisions: set[str]  # the precisions the output's shards were made in
+    base: ShardTotals | None  # the previous runs' totals (None: to be recounted)
+
+
+def _extract(job: ExtractionJob, run: _Run, lease: Lease, t0: float) -> JobResult:
+    todo = run.todo
+    result = JobResult(shards=run.shards, skipped=run.shards - len(todo))
+    log.info("%d shards, %d already committed, %d to do", run.shards, result.skipped, len(todo))
     record: dict[str, Any] = {
         "input": job.input,
         "output": job.output,
         "config": spec_dict(job.spec),
         "actors": job.actors,
-        "fingerprint": fp,
-        "weights_sha256": fp["weights_sha256"],
+        "fingerprint": run.fp,
+        "weights_sha256": run.fp["weights_sha256"],
         "versions": versions(),
         "status": "running",
         "started_at": now(),
     }
-    new_stats: list[ShardStats] = []
-    if todo:
-        board, board_name = create_board()
-        actors, workers = _start_actors(job, board, board_name)
-        try:
-            record["fingerprint"] = resolved_fingerprint(job.output, fp, workers, precisions)
-            record["workers"] = [w.record() for w in workers]
-            write_json_atomic(job_uri(job.output), redact(record))
-            record["actor_restarts"] = _run_shards(
-                job, todo, result, new_stats, actors, workers, board, lease
+    try:
+        if todo:
+            board, board_name = create_board()
+            actors, workers = _start_actors(job, board, board_name)
+            try:
+                record["fingerprint"] = resolved_fingerprint(
+                    job.output, run.fp, workers, run.precisions
+                )
+                record["workers"] = [w.record() for w in workers]
+                write_json_atomic(job_uri(job.output), redact(record))
+                record["actor_restarts"] = _run_shards(
+                    job, todo, result, actors, workers, board, lease
+                )
+            except KeyboardInterrupt:
+                # Ctrl-C: the record says so (not "running" for ever); committed shards stay.
+                # Its totals count only the results seen: the next run trusts them only if
+                # they account for every marker (shards in flight may have committed since).
+                record.update(status="interrupted", finished_at=now())
+                if run.base is not None:
+                    record["totals"] = _totals(run.base.plus(result.totals), run.shards)
+                write_json_atomic(job_uri(job.output), redact(record))
+                raise
+            finally:
+                for actor in [*actors, board]:
+                    ray.kill(actor, no_restart=True)
+        result.wall_s = time.monotonic() - t0
+        if todo or not run.had_record:
+            totals = final_totals(job.output, run.base, result.totals)
+            lease.check()
+            record.update(
+                status="succeeded" if result.succeeded else "failed",
+                finished_at=now(),
+                totals=_totals(totals, run.shards),
+                last_run=result.record(),
+                failed_shards=[asdict(f) for f in result.failed],
+                failed_shards_count=result.failed_count,
+                failed_shards_file=result.failures.publish(job.output),
             )
-        except KeyboardInterrupt:
-            # Ctrl-C: the record says so (not "running" for ever); committed shards stay.
-            record.update(status="interrupted", finished_at=now())
-            write_json_atomic(job_uri(job.output), redact(record))
-            raise
-        finally:
-            for actor in [*actors, board]:
-                ray.kill(actor, no_restart=True)
-    result.wall_s = time.monotonic() - t0
-    if todo or previous is None:
-        # Markers read at the start plus this run's stats: no second pass over the markers.
-        totals = ShardTotals.over([*committed.values(), *new_stats])
-        record.update(
-            status="succeeded" if result.succeeded else "failed",
-            finished_at=now(),
-            totals={**asdict(totals), "shards": len(shards)},
-            last_run=asdict(result),
-            failed_shards=[asdict(f) for f in result.failed],
-        )
-        lease.check()
-        write_json_atomic(job_uri(job.output), redact(record))  # no credentials in records
+            write_json_atomic(job_uri(job.output), redact(record))  # no credentials in records
+    finally:
+        result.failures.discard()
     log.info("%s", result.summary())
     return result
+
+
+def _totals(totals: ShardTotals, shards: int) -> dict[str, Any]:
+    """``_job.json``'s totals: over every shard committed in the output (from any input), and
+    the count of this run's input shards."""
+    return {**asdict(totals), "shards": shards}
 
 
 def _start_actors(
@@ -365,13 +335,12 @@ def _run_shards(
     job: ExtractionJob,
     todo: list[str],
     result: JobResult,
-    stats_out: list[ShardStats],
     actors: list[Any],
     workers: list[ActorInfo],
     board: Any,
     lease: Lease,
 ) -> int:
-    """Process ``todo`` on ``actors``, appending each shard's stats to ``stats_out``; returns
+    """Process ``todo`` on ``actors``, counting each finished shard in ``result``; returns
     the actor restarts seen. Every actor holds up to ``shards_per_actor`` shards; idle actors
     are served first. An actor whose call failed gets no shards until it is back, and the
     shards it held wait for it: a death is counted when its restart is seen
@@ -396,7 +365,6 @@ def _run_shards(
     def finish(stats: ShardStats) -> None:
         publish(stats)
         result.add(stats)
-        stats_out.append(stats)
         progress.update(stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard)
 
     def settle(r: Recovery) -> None:

@@ -77,17 +77,33 @@ class ShardTotals:
     def over(cls, shards: list[ShardStats]) -> ShardTotals:
         totals = cls()
         for s in shards:
-            if not s.committed:
-                continue
-            totals.committed_shards += 1
-            totals.samples += s.samples
-            totals.ok += s.ok
-            totals.errors += s.errors
-            totals.bytes += s.bytes
-            for stage in STAGES:
-                name = f"{stage}_s"
-                setattr(totals, name, getattr(totals, name) + getattr(s, name))
+            totals.add(s)
         return totals
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardTotals:
+        """Totals from a ``_job.json`` (extra keys such as ``shards`` are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def add(self, s: ShardStats) -> None:
+        """Count one shard (a failed one counts nothing)."""
+        if not s.committed:
+            return
+        self.committed_shards += 1
+        self.samples += s.samples
+        self.ok += s.ok
+        self.errors += s.errors
+        self.bytes += s.bytes
+        for stage in STAGES:
+            name = f"{stage}_s"
+            setattr(self, name, getattr(self, name) + getattr(s, name))
+
+    def plus(self, other: ShardTotals) -> ShardTotals:
+        """The sum of two totals (a previous run's and this one's)."""
+        return ShardTotals(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
 
 
 def publish(stats: ShardStats) -> None:

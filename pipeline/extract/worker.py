@@ -380,7 +380,7 @@ class ShardWorker:
         # The commit marker is written last: its presence means both files are complete.
         marker = redact({**stats.to_dict(), "fingerprint": self.fingerprint})
         check()
-        write_json_atomic(marker_uri(output, sid), marker)
+        write_json_atomic(marker_uri(output, sid, stats.source), marker)
 
     def close(self) -> None:
         """Stop the compute thread and the decode threads (after the shards in flight)."""

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from pipeline.io.layout import descriptors_uri
+from pipeline.io.layout import descriptors_uri, list_markers, markers_folder
 from pipeline.io.storage import filesystem, is_local, join, read_json, unstrip
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,13 @@ def list_descriptor_files(folder: str) -> list[DescriptorFile]:
     """Committed files when ``folder`` is an extraction output (it has ``_shards/`` markers);
     else every ``*.parquet`` below it (hidden and ``_``-prefixed names skipped). Sorted."""
     fs, path = filesystem(folder)
-    markers = sorted(fs.glob(join(path, "_shards", "*.json")))
+    markers = sorted(list_markers(folder), key=lambda m: m.name)
     if markers:
         uris = []
         for m in markers:
-            shard = m.rsplit("/", 1)[1][: -len(".json")]
-            record = read_json(unstrip(fs, m, folder))
+            record = read_json(join(markers_folder(folder), m.name))
             if record and record.get("status", "committed") == "committed":
-                uris.append(descriptors_uri(folder, shard))
+                uris.append(descriptors_uri(folder, m.sid))
     else:
         found = sorted(fs.glob(join(path, "**", "*.parquet")))
         uris = [

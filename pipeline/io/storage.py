@@ -196,6 +196,43 @@ def local_copy(uri: str) -> tuple[str, bool]:
     return tmp, True
 
 
+def list_names(folder: str) -> Iterator[list[str]]:
+    """The names of the objects directly in ``folder`` (not in its subfolders, not hidden),
+    a page at a time: on S3 one LIST request per page of up to 1000 keys, names only (no
+    per-object info dicts, nothing kept in s3fs's listing cache); elsewhere one page. A
+    missing folder lists nothing."""
+    fs, path = filesystem(folder)
+    call_s3 = getattr(fs, "_call_s3", None)
+    if is_local(fs):
+        try:
+            with os.scandir(path) as entries:  # file types from the folder itself: no stat
+                yield sorted(e.name for e in entries if e.is_file() and e.name[0] != ".")
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        return
+    if call_s3 is None:  # another fsspec filesystem (memory, ...)
+        fs.invalidate_cache(path)
+        try:
+            found = fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return
+        files = (f["name"].rstrip("/").rsplit("/", 1)[-1] for f in found if f["type"] == "file")
+        yield sorted(n for n in files if not n.startswith("."))
+        return
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.partition("/")
+    prefix = f"{key.strip('/')}/" if key.strip("/") else ""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+    while True:
+        page = sync(fs.loop, call_s3, "list_objects_v2", **kwargs)
+        names = [c["Key"][len(prefix) :] for c in page.get("Contents", [])]
+        yield [n for n in names if n and not n.startswith(".")]
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
 def read_json(uri: str) -> Any | None:
     """The JSON document at ``uri``, or None when there is none."""
     fs, path = filesystem(uri)

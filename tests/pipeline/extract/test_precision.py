@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.extract.actors import ActorInfo
-from pipeline.extract.driver import check_output, resolved_fingerprint
+from pipeline.extract.driver import resolved_fingerprint
+from pipeline.extract.resume import check_output
 from pipeline.extract.spec import ExtractionSpec, fingerprint
 from pipeline.io.layout import job_uri, marker_uri
 from pipeline.io.storage import write_json_atomic
