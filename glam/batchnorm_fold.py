@@ -10,8 +10,8 @@ import copy
 
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from glam.backbone import RESIDUAL_BLOCKS, Bottleneck
 from glam.model import GLAM
 
 
@@ -27,7 +27,7 @@ def fold_batchnorm(model: GLAM) -> GLAM:
     trunk = fused.backbone
     _fold_pair(trunk, "conv1", "bn1")
     for block in trunk.modules():
-        if isinstance(block, BasicBlock | Bottleneck):
+        if isinstance(block, RESIDUAL_BLOCKS):
             n_convs = 3 if isinstance(block, Bottleneck) else 2
             for i in range(1, n_convs + 1):
                 _fold_pair(block, f"conv{i}", f"bn{i}")
