@@ -20,8 +20,11 @@ from glam.recipe import AugmentConfig, TrainConfig
 from glam.weights import (
     Checkpoint,
     CheckpointError,
+    WeightsStore,
     WeightsUnavailableError,
+    checkpoint_bytes,
     load_checkpoint,
+    parse_checkpoint,
     save_checkpoint,
 )
 
@@ -42,12 +45,15 @@ __all__ = [
     "GlamExtractor",
     "ImageDecodeError",
     "TrainConfig",
+    "WeightsStore",
     "WeightsUnavailableError",
     "__version__",
     "arcface_loss",
     "build_glam",
+    "checkpoint_bytes",
     "decode_image",
     "load_checkpoint",
+    "parse_checkpoint",
     "preprocess",
     "save_checkpoint",
     "select_device",

@@ -422,11 +422,11 @@ def convert_file(
     output: str,
     opts: ConversionOptions,
     label: str,
-    store: WeightsStore | None = None,
+    store: WeightsStore,
 ) -> Converted:
     """Read ``source`` from ``store``, convert it, write the GLAM checkpoint ``output``
-    atomically. ``label`` names the source in the checkpoint's metadata (credentials masked
-    by the caller). The checkpoint's sha256 is on the returned model."""
+    through it (atomically). ``label`` names the source in the checkpoint's metadata
+    (credentials masked by the caller). The checkpoint's sha256 is on the returned model."""
     checkpoint = load_foreign_checkpoint(source, store)
     converted = convert(checkpoint.obj, opts, label)
     notes = {**converted.notes, "source": label, "source_sha256": checkpoint.sha256}

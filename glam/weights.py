@@ -1,8 +1,11 @@
-"""Weights I/O: GLAM checkpoints in a ``WeightsStore`` (any fsspec URI by default) and
-torchvision's ImageNet backbones.
+"""Weights I/O: GLAM checkpoints to and from bytes, read and written through a ``WeightsStore``
+the caller passes, and torchvision's ImageNet backbones.
 
 Checkpoints are safetensors files (``.safetensors``) or torch files (``.pt``/``.pth``/``.ckpt``)
 loaded with ``weights_only=True``; every load is strict and names the keys that do not match.
+glam writes no files of its own: object stores, credentials and atomic writes are the
+store's (the pipeline's is ``pipeline.io.storage.WEIGHTS_STORE``); without one, checkpoints
+are read with fsspec's defaults.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import logging
 import os
 import pickle
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,42 +68,27 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 class WeightsStore(Protocol):
-    """Where checkpoints are read and written. The pipeline passes its own
+    """Where checkpoints are read and written, by URI: the pipeline passes its own
     (``pipeline.io.storage.WEIGHTS_STORE``: its endpoint, ``GLAM_STORAGE_OPTIONS``, refusal of
-    credentials in URIs, atomic writes); ``FsspecStore`` serves standalone use of ``glam``."""
-
-    def read(self, uri: str) -> bytes: ...
-
-    def write_atomic(self, uri: str, data: bytes) -> None: ...
-
-
-class FsspecStore:
-    """fsspec with its defaults: local files, or an object store configured the library's
-    own way (environment, config files). No reader sees a partial file: a temporary name then
-    rename on local filesystems; one PUT (atomic by the protocol) on object stores."""
+    credentials in URIs, atomic writes)."""
 
     def read(self, uri: str) -> bytes:
-        with fsspec.open(uri, "rb") as f:
-            data: bytes = f.read()
-            return data
+        """The object's bytes; FileNotFoundError when there is none."""
+        ...
 
     def write_atomic(self, uri: str, data: bytes) -> None:
-        fs, path = fsspec.core.url_to_fs(uri)
-        if "file" in fs.protocol or fs.protocol == "local":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            fs.pipe_file(path, data)
+        """Write ``data`` so that no reader ever sees a partial object."""
+        ...
 
 
 def _read_uri(uri: str, store: WeightsStore | None) -> bytes:
+    """The checkpoint's bytes from ``store``; without a store, with fsspec's defaults."""
     try:
-        return (store or FsspecStore()).read(uri)
+        if store is not None:
+            return store.read(uri)
+        with fsspec.open(uri, "rb") as f:
+            data: bytes = f.read()
+            return data
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {uri}") from e
 
@@ -121,8 +108,14 @@ def _looks_like_safetensors(data: bytes) -> bool:
 
 
 def load_checkpoint(uri: str, store: WeightsStore | None = None) -> Checkpoint:
-    """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from ``store``."""
-    data = _read_uri(uri, store)
+    """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from ``store``
+    (None: fsspec's defaults)."""
+    return parse_checkpoint(_read_uri(uri, store), uri)
+
+
+def parse_checkpoint(data: bytes, uri: str) -> Checkpoint:
+    """A GLAM checkpoint from its bytes (safetensors or torch, ``weights_only=True``); ``uri``
+    names it in errors."""
     digest = sha256_hex(data)
     config_dict: Any = None
     metadata: dict[str, str] = {}
@@ -181,9 +174,14 @@ def _numpy_globals() -> list[Any]:
 
 
 def load_foreign_checkpoint(uri: str, store: WeightsStore | None = None) -> ForeignCheckpoint:
-    """Read another code base's torch checkpoint from ``store``, with ``weights_only=True``:
-    tensors, containers, strings and numbers, plus numpy arrays."""
-    data = _read_uri(uri, store)
+    """Read another code base's torch checkpoint from ``store`` (None: fsspec's defaults)
+    (``parse_foreign_checkpoint``)."""
+    return parse_foreign_checkpoint(_read_uri(uri, store), uri)
+
+
+def parse_foreign_checkpoint(data: bytes, uri: str) -> ForeignCheckpoint:
+    """Another code base's torch checkpoint from its bytes, with ``weights_only=True``:
+    tensors, containers, strings and numbers, plus numpy arrays; ``uri`` names it in errors."""
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             obj = _torch_load(data, uri)
@@ -225,12 +223,23 @@ def save_checkpoint(
     model: nn.Module,
     uri: str,
     metadata: Mapping[str, str] | None = None,
-    store: WeightsStore | None = None,
+    *,
+    store: WeightsStore,
 ) -> str:
-    """Write the model's weights and config to ``uri`` in ``store`` atomically; return the
-    file's sha256.
+    """Write the model's checkpoint (``checkpoint_bytes``) to ``uri`` through ``store``, which
+    writes atomically; return the file's sha256."""
+    data = checkpoint_bytes(model, uri, metadata)
+    store.write_atomic(uri, data)
+    return sha256_hex(data)
 
-    The format follows the suffix: ``.safetensors``, else a torch file (``.pt``/``.pth``/...).
+
+def checkpoint_bytes(
+    model: nn.Module, name: str, metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """The model's weights and config as a checkpoint file's bytes, with ``metadata``.
+
+    The format follows the suffix of ``name``: ``.safetensors``, else a torch file
+    (``.pt``/``.pth``/...).
     """
     config = getattr(model, "config", None)
     meta = {"format": CHECKPOINT_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
@@ -238,11 +247,11 @@ def save_checkpoint(
         # Which Table 4 variant, spelled out (the config omits it for the default model).
         meta["attention"] = config.attention
     state = _cpu_state_dict(model)
-    if uri.endswith(".safetensors"):
+    if name.endswith(".safetensors"):
         if config is not None:
             meta["config"] = json.dumps(config.to_dict())
         data = safetensors.torch.save(state, metadata=meta)
-    elif uri.endswith(_TORCH_SUFFIXES):
+    elif name.endswith(_TORCH_SUFFIXES):
         buf = io.BytesIO()
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -254,11 +263,10 @@ def save_checkpoint(
         data = buf.getvalue()
     else:
         raise ValueError(
-            f"cannot tell the checkpoint format of {uri!r}: use .safetensors or one of "
+            f"cannot tell the checkpoint format of {name!r}: use .safetensors or one of "
             f"{', '.join(_TORCH_SUFFIXES)}"
         )
-    (store or FsspecStore()).write_atomic(uri, data)
-    return sha256_hex(data)
+    return data
 
 
 def checkpoint_filter_fn(

@@ -18,6 +18,7 @@ from glam.global_channel import GlobalChannelAttention
 from glam.global_spatial import GlobalSpatialAttention
 from glam.local_channel import LocalChannelAttention
 from glam.local_spatial import LocalSpatialAttention
+from pipeline.io.storage import WEIGHTS_STORE
 from tests.support.glam_reference import (
     ref_global_channel,
     ref_global_spatial,
@@ -157,7 +158,7 @@ def test_old_checkpoint_without_the_field_loads_as_global_local(tmp_path) -> Non
 def test_checkpoints_record_their_variant(tmp_path, suffix: str) -> None:
     model = build_glam(config=GlamConfig(**SMALL, attention="none"))
     uri = str(tmp_path / f"none{suffix}")
-    save_checkpoint(model, uri)
+    save_checkpoint(model, uri, store=WEIGHTS_STORE)
     checkpoint = load_checkpoint(uri)
     assert checkpoint.config is not None and checkpoint.config.attention == "none"
     assert checkpoint.metadata["attention"] == "none"

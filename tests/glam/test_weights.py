@@ -1,4 +1,5 @@
-"""Checkpoint I/O: round trips on a local path and on s3:// (moto server), and clear errors."""
+"""Checkpoint I/O: round trips on a local path and on s3:// (moto server) through the store the
+pipeline passes, on bytes, and clear errors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ import pytest
 import torch
 import torchvision
 
-from glam import CheckpointError, GlamConfig, build_glam, load_checkpoint, save_checkpoint
+from glam import (
+    CheckpointError,
+    GlamConfig,
+    build_glam,
+    checkpoint_bytes,
+    load_checkpoint,
+    parse_checkpoint,
+    save_checkpoint,
+)
 from glam.weights import WeightsUnavailableError, imagenet_weights, sha256_hex
+from pipeline.io.storage import WEIGHTS_STORE
 
 SMALL = GlamConfig(backbone="resnet50", reduced_channels=32, dim=64)
 
@@ -30,7 +40,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_local_round_trip(model, tmp_path, suffix: str) -> None:
     uri = str(tmp_path / f"glam{suffix}")
-    digest = save_checkpoint(model, uri, metadata={"note": "test"})
+    digest = save_checkpoint(model, uri, metadata={"note": "test"}, store=WEIGHTS_STORE)
     assert digest == sha256_hex(Path(uri).read_bytes())
     loaded = build_glam(weights=uri)
     assert loaded.config == SMALL
@@ -43,14 +53,24 @@ def test_local_round_trip(model, tmp_path, suffix: str) -> None:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_s3_round_trip(model, s3_bucket: str, suffix: str) -> None:
     uri = f"s3://{s3_bucket}/models/glam{suffix}"
-    digest = save_checkpoint(model, uri)
-    loaded = build_glam(weights=uri)
+    digest = save_checkpoint(model, uri, store=WEIGHTS_STORE)
+    loaded = build_glam(weights=uri, store=WEIGHTS_STORE)
     assert same_weights(model, loaded) and loaded.weights_sha256 == digest
+
+
+def test_bytes_round_trip(model) -> None:
+    """The store-free core: a checkpoint to bytes and back, the format from the name."""
+    for name in ("glam.safetensors", "glam.pt"):
+        data = checkpoint_bytes(model, name, {"note": "bytes"})
+        checkpoint = parse_checkpoint(data, name)
+        assert checkpoint.config == SMALL and checkpoint.sha256 == sha256_hex(data)
+        assert checkpoint.metadata["note"] == "bytes"
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint.state_dict.items())
 
 
 def test_requested_config_must_match_checkpoint(model, tmp_path) -> None:
     uri = str(tmp_path / "glam.safetensors")
-    save_checkpoint(model, uri)
+    save_checkpoint(model, uri, store=WEIGHTS_STORE)
     with pytest.raises(CheckpointError, match="differs from the requested"):
         build_glam(weights=uri, config=GlamConfig(backbone="resnet50"))
 
@@ -63,7 +83,7 @@ def test_missing_file(tmp_path) -> None:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_truncated_checkpoint(model, tmp_path, suffix: str) -> None:
     uri = str(tmp_path / f"glam{suffix}")
-    save_checkpoint(model, uri)
+    save_checkpoint(model, uri, store=WEIGHTS_STORE)
     data = Path(uri).read_bytes()
     with open(uri, "wb") as f:
         f.write(data[: len(data) // 2])
@@ -128,7 +148,7 @@ def test_ddp_prefix_is_stripped(model, tmp_path) -> None:
 
 def test_unknown_suffix_is_refused(model, tmp_path) -> None:
     with pytest.raises(ValueError, match="checkpoint format"):
-        save_checkpoint(model, str(tmp_path / "glam.weights"))
+        save_checkpoint(model, str(tmp_path / "glam.weights"), store=WEIGHTS_STORE)
 
 
 def test_imagenet_backbone_from_torch_cache(tmp_path, monkeypatch) -> None:

@@ -15,7 +15,7 @@ from jobs.learn_whitening import main as learn_main
 from pipeline.index.search import ShardedIndex
 from pipeline.index.versions import read_latest
 from pipeline.index.whitening import Whitening, fit_whitening, read_whitening
-from pipeline.io.storage import exists, join
+from pipeline.io.storage import WEIGHTS_STORE, exists, join
 from tests.support.descriptors import DIM, unit, write_descriptor_file, write_folder
 
 
@@ -148,7 +148,7 @@ def test_whitening_becomes_the_head_of_an_identity_head_model(tmp_path, capsys) 
         for k, v in identity_bn(512, model.bn.eps).items():
             model.state_dict()[k].copy_(v)
     ckpt = str(tmp_path / "identity-head.safetensors")
-    model.weights_sha256 = save_checkpoint(model, ckpt)
+    model.weights_sha256 = save_checkpoint(model, ckpt, store=WEIGHTS_STORE)
     images = torch.rand(40, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     d = descriptors_of(build_glam(ckpt), images)
     meta_sha = model.weights_sha256
@@ -166,7 +166,7 @@ def test_whitening_becomes_the_head_of_an_identity_head_model(tmp_path, capsys) 
     # Another model's checkpoint is refused; so is a trained head (pointing at the index).
     trained = build_glam(config=GlamConfig(backbone="resnet18", dim=512, attention="none"))
     path = str(tmp_path / "trained.safetensors")
-    save_checkpoint(trained, path)
+    save_checkpoint(trained, path, store=WEIGHTS_STORE)
     assert learn_main([*args, "--checkpoint", path, "--output-checkpoint", out]) == 1
     assert "fitted on descriptors of other weights" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"has a trained FC.*build_index\.py --whitening"):
