@@ -127,7 +127,7 @@ def draft() -> None:
     from glam.extract import resolve_precision
 
     precision = resolve_precision("auto", torch.device("cpu"))
-    ex = GlamExtractor(build_glam(seed=0), ExtractConfig(image_size=SIZE, precision=precision))
+    ex = GlamExtractor(build_glam(seed=0), ExtractConfig(precision=precision))
     print(f"\n## draft vs full decode: GLAM (random weights), 3 scales, {SIZE} px, {precision}")
     print(
         "| source | photos | draft scale | decode full ms | decode draft ms | speed-up "

@@ -222,7 +222,7 @@ def main() -> int:
         )
         return 2
     device = f"cuda:{torch.cuda.current_device()}" if args.decode == "gpu" else "cpu"
-    stand_in = NoModel(build_glam(seed=0), ExtractConfig(image_size=1024), device=device)
+    stand_in = NoModel(build_glam(seed=0), ExtractConfig(), device=device)
     feed = Feed(args.decode, stand_in)
     root = tempfile.mkdtemp(prefix="glam-feed-")
     print(

@@ -74,9 +74,7 @@ def main() -> int:
     rates = {}
     descriptors = {}
     for name, precision, cl, fold, batch in variants:
-        cfg = ExtractConfig(
-            image_size=args.width, precision=precision, channels_last=cl, fold_batchnorm=fold
-        )
+        cfg = ExtractConfig(precision=precision, channels_last=cl, fold_batchnorm=fold)
         ex = GlamExtractor(model, cfg, device=str(dev))
         xb = torch.randn(
             batch, 3, args.height, args.width, generator=torch.Generator().manual_seed(1)

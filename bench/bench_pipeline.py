@@ -80,7 +80,7 @@ def main() -> int:
                 if m.name.endswith(".jpg"):
                     images.append(preprocess(decode_image(tar.extractfile(m).read()), 1024))
     model = build_glam(seed=spec.seed)
-    ex = GlamExtractor(model, ExtractConfig(image_size=1024, precision=precision))
+    ex = GlamExtractor(model, ExtractConfig(precision=precision))
     by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
     for x in images:
         by_shape.setdefault(tuple(x.shape), []).append(x)

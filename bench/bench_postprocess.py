@@ -91,7 +91,7 @@ def train(workdir: Path) -> None:
 
 def describe(model, samples) -> np.ndarray:
     x = [preprocess(decode_image(data), SIZE) for _, _, data in samples]
-    return GlamExtractor(model, ExtractConfig(image_size=SIZE, scales=(1.0,)))(x, 8).numpy()
+    return GlamExtractor(model, ExtractConfig(scales=(1.0,)))(x, 8).numpy()
 
 
 def write(folder: str, keys: list[str], x: np.ndarray, sha: str) -> None:

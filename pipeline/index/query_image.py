@@ -60,7 +60,6 @@ def load_query_model(record: ExtractionRecord, weights: str | None = None) -> Gl
             f"index's descriptors were extracted with (sha256 {sha[:12]}…)"
         )
     cfg = ExtractConfig(
-        image_size=record.image_size,
         scales=tuple(record.scales),
         precision="bf16" if record.precision == "bf16" else "fp32",
     )

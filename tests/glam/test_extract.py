@@ -31,7 +31,7 @@ def photos(n: int, w: int = SIZE, h: int = 72, seed: int = 0) -> list:
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-6), ("bf16", 1e-3)])
 def test_uint8_path_equals_the_float_path(model, precision: str, atol: float) -> None:
     """uint8 to the device, normalisation and scales there == preprocess() on the host."""
-    cfg = ExtractConfig(image_size=SIZE, precision=precision)
+    cfg = ExtractConfig(precision=precision)
     ex = GlamExtractor(model, cfg, device="cpu")
     imgs = photos(3)
     today = ex.extract_batch(torch.stack([preprocess(im, SIZE) for im in imgs]))
@@ -52,7 +52,7 @@ def test_normalize_is_to_tensor_on_any_layout() -> None:
 
 
 def test_stream_keeps_order_and_tags(model) -> None:
-    ex = GlamExtractor(model, ExtractConfig(image_size=SIZE, scales=(1.0,)), device="cpu")
+    ex = GlamExtractor(model, ExtractConfig(scales=(1.0,)), device="cpu")
     small, large = photos(3, 64, 48, seed=1), photos(2, SIZE, 72, seed=2)
     batches = [("a", [to_uint8(im) for im in small]), ("b", [to_uint8(im) for im in large])]
     out = list(ex.stream(iter(batches)))
@@ -107,8 +107,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 def test_cuda_stream_equals_the_cpu_path(model, precision: str) -> None:
     """Pinned copies on their own stream, overlapped with compute: same descriptors as the
     CPU, for host images, device images and a batch mixing both."""
-    cfg = ExtractConfig(image_size=SIZE, precision=precision)
-    cpu = GlamExtractor(model, ExtractConfig(image_size=SIZE), device="cpu")
+    cfg = ExtractConfig(precision=precision)
+    cpu = GlamExtractor(model, ExtractConfig(), device="cpu")
     gpu = GlamExtractor(model, cfg, device="cuda")
     imgs = [to_uint8(im) for im in photos(6, seed=3)]
     expected = cpu.extract_images(imgs)

@@ -83,7 +83,7 @@ def test_descriptor_is_batch_invariant(model) -> None:
 
 
 def test_multiscale_is_mean_of_scales_renormalised(model) -> None:
-    cfg = ExtractConfig(image_size=128, scales=DEFAULT_SCALES, channels_last=False)
+    cfg = ExtractConfig(scales=DEFAULT_SCALES, channels_last=False)
     ex = GlamExtractor(model, cfg, device="cpu")
     x = torch.randn(3, 96, 128)
     with torch.inference_mode():
@@ -94,7 +94,7 @@ def test_multiscale_is_mean_of_scales_renormalised(model) -> None:
 
 
 def test_extractor_batches_mixed_sizes_in_input_order(model) -> None:
-    ex = GlamExtractor(model, ExtractConfig(image_size=96, scales=(1.0,)), device="cpu")
+    ex = GlamExtractor(model, ExtractConfig(scales=(1.0,)), device="cpu")
     imgs = [torch.randn(3, 96, 64), torch.randn(3, 64, 96), torch.randn(3, 96, 64)]
     together = ex(imgs, batch_size=2)
     one_by_one = torch.cat([ex([im]) for im in imgs])
@@ -105,10 +105,8 @@ def test_extractor_batches_mixed_sizes_in_input_order(model) -> None:
 
 def test_bf16_descriptor_close_to_fp32(model) -> None:
     x = torch.randn(3, 96, 128)
-    fp32 = GlamExtractor(model, ExtractConfig(image_size=128, scales=(1.0,)), device="cpu")
-    bf16 = GlamExtractor(
-        model, ExtractConfig(image_size=128, scales=(1.0,), precision="bf16"), device="cpu"
-    )
+    fp32 = GlamExtractor(model, ExtractConfig(scales=(1.0,)), device="cpu")
+    bf16 = GlamExtractor(model, ExtractConfig(scales=(1.0,), precision="bf16"), device="cpu")
     a, b = fp32([x])[0], bf16([x])[0]
     assert b.dtype == torch.float32
     assert float(a @ b) > 0.98
@@ -151,7 +149,7 @@ def test_bad_extract_config_is_a_value_error(kwargs) -> None:
 @pytest.mark.cuda
 def test_cuda_matches_cpu(model) -> None:
     x = torch.randn(3, 96, 128)
-    cfg = ExtractConfig(image_size=128, scales=(1.0,))
+    cfg = ExtractConfig(scales=(1.0,))
     cpu = GlamExtractor(model, cfg, device="cpu")([x])
     gpu = GlamExtractor(build_glam(config=model.config, seed=3), cfg, device="cuda")([x])
     torch.testing.assert_close(cpu, gpu, rtol=1e-3, atol=1e-3)

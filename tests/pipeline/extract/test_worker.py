@@ -97,7 +97,7 @@ def test_pipeline_descriptor_equals_the_models_own(worker: ShardWorker, shards: 
         for m in tar.getmembers():
             members[m.name] = tar.extractfile(m).read()
     model = build_glam(seed=SPEC.seed)
-    cfg = ExtractConfig(image_size=IMAGE_SIZE, precision=worker.precision)  # auto, resolved
+    cfg = ExtractConfig(precision=worker.precision)  # auto, resolved
     extractor = GlamExtractor(model, cfg)
     for key in ("s000000_00000", "s000000_00001", "s000000_mode_CMYK"):
         name = next(n for n in members if n.startswith(key + ".") and n[-3:] in ("jpg", "png"))
@@ -358,7 +358,7 @@ def test_memory_is_bounded_by_prefetch_and_batch_not_by_the_shard(
     image of a shard until its end: +330 KB an image at 192 px)."""
     # A small GLAM (ResNet18, one scale): what is measured is the data path, not the model.
     model = build_glam(config=GlamConfig(backbone="resnet18", reduced_channels=16, dim=32))
-    extractor = GlamExtractor(model, ExtractConfig(image_size=IMAGE_SIZE, scales=(1.0,)))
+    extractor = GlamExtractor(model, ExtractConfig(scales=(1.0,)))
     worker = ShardWorker(
         PIPE_SPEC, device="cpu", name="memory", report_interval_s=0.0, extractor=extractor
     )

@@ -133,7 +133,7 @@ def test_whitening_of_another_model_is_refused(ray_local, s3_bucket: str, capsys
 
 
 def descriptors_of(model, images: torch.Tensor) -> np.ndarray:
-    return GlamExtractor(model, ExtractConfig(image_size=64, scales=(1.0,)))(list(images)).numpy()
+    return GlamExtractor(model, ExtractConfig(scales=(1.0,)))(list(images)).numpy()
 
 
 def test_whitening_becomes_the_head_of_an_identity_head_model(tmp_path, capsys) -> None:
