@@ -33,7 +33,7 @@ from pipeline.evaluate.protocol import evaluate_positions, protocol_ground_truth
 from pipeline.evaluate.ranking import RankingModel
 from pipeline.extract.summary import summarize
 from pipeline.io.shard_writer import write_sharded
-from pipeline.io.storage import filesystem, read_json
+from pipeline.io.storage import WEIGHTS_STORE, filesystem, read_json
 from pipeline.train.state import glam_from_state, read_state
 from tests.support.extraction import output_listing
 
@@ -145,7 +145,7 @@ def test_loss_falls_and_the_run_is_recorded(trained: Trained) -> None:
     assert all(len(h["images_per_s_per_worker"]) == 2 for h in history)
     assert record["resumed_from"] == []
     # The model file: a GLAM checkpoint with its architecture and training recorded.
-    checkpoint = load_checkpoint(f"{trained.output}/glam.safetensors")
+    checkpoint = load_checkpoint(f"{trained.output}/glam.safetensors", WEIGHTS_STORE)
     assert checkpoint.config == CONFIG
     assert checkpoint.sha256 == record["model_sha256"]
     assert '"arcface_margin": 0.3' in checkpoint.metadata["training"]
@@ -158,7 +158,7 @@ def test_loss_falls_and_the_run_is_recorded(trained: Trained) -> None:
 
 def test_retrieval_map_improves_over_the_untrained_model(trained: Trained) -> None:
     untrained = retrieval_map(build_glam("random", CONFIG, seed=0))  # the run's starting point
-    after = retrieval_map(build_glam(f"{trained.output}/glam.safetensors"))
+    after = retrieval_map(build_glam(f"{trained.output}/glam.safetensors", store=WEIGHTS_STORE))
     assert after > untrained + 0.15, (untrained, after)
 
 
