@@ -129,7 +129,7 @@ def resolve_whitening(
     return whitening, line
 
 
-class Candidates:
+class UnionNeighbours:
     """Nearest vectors over database ∪ distractors, best first (database first at ties)."""
 
     def __init__(self, x: np.ndarray, index: SearchableIndex | None) -> None:
@@ -391,7 +391,7 @@ def prepare(
                     else ""
                 )
             )
-        cand = Candidates(out.x, index)
+        cand = UnionNeighbours(out.x, index)
         s, v, _ = cand.top(out.x, post.dba.k, exclude_db=np.arange(len(out.x)))
         out.x = alpha_expand(out.x, v, s, post.dba.alpha)
         applied = f"DBA k={post.dba.k} alpha={post.dba.alpha:g}"
@@ -409,7 +409,7 @@ def prepare(
             f"--dba-alpha {built.alpha:g} so the database is augmented the same way"
         )
     if post.qe is not None:
-        s, v, _ = Candidates(out.x, out.distractors).top(out.q, post.qe.k)
+        s, v, _ = UnionNeighbours(out.x, out.distractors).top(out.q, post.qe.k)
         out.q = alpha_expand(out.q, v, s, post.qe.alpha)
     out.applied += describe_steps(post)
     return out
@@ -448,7 +448,7 @@ def ranking(
     base = RankingModel(db_scores, counts)
     if post.rerank is None:
         return base.positions_of, exact
-    _, vectors, db = Candidates(x, index).top(q, post.rerank.m)
+    _, vectors, db = UnionNeighbours(x, index).top(q, post.rerank.m)
     moved: list[dict[int, int]] = []
     for i in range(len(q)):
         order, _ = rerank(q[i : i + 1], vectors[i : i + 1], post.rerank)

@@ -11,7 +11,7 @@ search in one process or across Ray actors, with the same answers.
 | ``build`` | training, shard builds as Ray tasks, manifest, then LATEST |
 | ``gpu`` | FAISS on the GPU: k-means and coarse assignment, GPU copies for search |
 | ``shard`` | one shard in memory: its candidates, re-scoring, exact counts, keys |
-| ``merge`` | the global top-k from the shards' candidates (refinement's cut and re-rank) |
+| ``merge`` | the global top-k from the shards' candidates (a refined index's cut, its best k) |
 | ``search`` | ``ShardedIndex``: load a version (or some shards, or lazily) and search it |
 | ``serving`` | ``DistributedIndex``: a version on Ray actors; ``open_index``: local or on actors |
 | ``whitening`` | learned PCA-whitening: fit, file, apply (stored vectors and queries) |
@@ -21,5 +21,5 @@ search in one process or across Ray actors, with the same answers.
 | ``vectors`` | stored vectors by global id (in this process; actors gather theirs) |
 | ``query`` | search with post-processing (whitening, αQE, re-ranking), local or on actors |
 | ``query_image`` | search by image, with the index's own extraction settings |
-| ``postprocess`` | what a build records: its whitening copy, how descriptors were extracted |
+| ``build_record`` | what a build records: its whitening copy, how descriptors were extracted |
 """

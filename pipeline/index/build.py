@@ -33,23 +33,23 @@ import numpy as np
 import ray
 
 from pipeline.index import gpu
-from pipeline.index.config import METRIC, IndexBuildConfig
-from pipeline.index.plan import BuildPlan, balance, plan_build, signature
-from pipeline.index.postprocess import (
+from pipeline.index.build_record import (
     extraction_record,
     load_build_whitening,
     store_whitening,
     version_whitening,
 )
+from pipeline.index.config import METRIC, IndexBuildConfig
+from pipeline.index.plan import BuildPlan, balance, plan_build, signature
 from pipeline.index.shard_files import file_batches, new_index, write_shard
 from pipeline.index.versions import (
     DbaRecord,
     IndexInput,
     IndexManifest,
     PostProcessing,
+    advance_latest,
     new_version_name,
     prune_versions,
-    publish,
     read_latest,
     write_manifest,
 )
@@ -58,7 +58,7 @@ from pipeline.io.descriptor_reader import (
     DescriptorFile,
     check_same_model,
     list_descriptor_files,
-    sample_rows,
+    random_descriptors,
 )
 from pipeline.io.storage import (
     check_output_folder,
@@ -106,7 +106,7 @@ def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
 
 def sample_training_vectors(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
     """``n`` vectors drawn uniformly without replacement across all files (not a prefix)."""
-    return sample_rows(files, n, seed)
+    return random_descriptors(files, n, seed)
 
 
 def use_assigned_cpus() -> None:
@@ -186,7 +186,7 @@ def build_index(
     # The whitening to apply (checked against the descriptors' model).
     whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)
     dim = files[0].dim if whitening is None else whitening.dim_out
-    job = _Job(descriptors, output, cfg, files, identity, whitening, whitening_sha, dim)
+    job = _BuildInputs(descriptors, output, cfg, files, identity, whitening, whitening_sha, dim)
     plan, previous = _plan(job, force)
     if plan.kind == "up_to_date" and previous is not None:
         return _up_to_date(output, plan, previous)  # read only: nothing new writes nothing
@@ -198,7 +198,7 @@ def build_index(
 
 
 @dataclass(frozen=True)
-class _Job:
+class _BuildInputs:
     """What a build is of, established before it plans (and again under its lease)."""
 
     descriptors: str
@@ -216,7 +216,7 @@ class _Job:
         return not probe.is_trained
 
 
-def _plan(job: _Job, force: bool) -> tuple[BuildPlan, IndexManifest | None]:
+def _plan(job: _BuildInputs, force: bool) -> tuple[BuildPlan, IndexManifest | None]:
     """What the build does now and LATEST's manifest (read only); refuses descriptors of
     another model than LATEST's."""
     latest = read_latest(job.output)
@@ -248,7 +248,7 @@ def _up_to_date(output: str, plan: BuildPlan, previous: IndexManifest) -> BuildR
 
 
 def _build_version(
-    job: _Job, plan: BuildPlan, previous: IndexManifest | None, lease: Lease, t0: float
+    job: _BuildInputs, plan: BuildPlan, previous: IndexManifest | None, lease: Lease, t0: float
 ) -> BuildResult:
     """Train (or reuse the base's training), fill the plan's shards, DBA, write the manifest,
     then move LATEST (under the lease)."""
@@ -301,7 +301,7 @@ def _build_version(
     lease.note(f"publishing version {version}")
     lease.check()
     write_manifest(output, manifest)
-    publish(output, version)  # the commit point: LATEST moves, forward only
+    advance_latest(output, version)  # the commit point: LATEST moves, forward only
     lease.check()  # pruning, too, only by the lease's holder
     prune_versions(output, cfg.retention, keep=version)
     added = sum(f.rows for f in plan.add)

@@ -6,8 +6,8 @@ the vectors are split into shards nor on which process holds which shard:
 - exact or plain approximate shards: the best ``k`` of all candidates by score;
 - refined shards (``…,RFlat``, ``…,Refine(SQ8)``): ``merge`` to the best ``k × k_factor`` of
   all candidates by the codes' scores (what one refined index would re-score), the shards
-  re-score those, and ``rerank`` keeps the best ``k`` (FAISS ``IndexRefine``'s two stages, taken
-  across shards; only the global cut is re-scored).
+  re-score those, and ``refine_cut`` keeps the best ``k`` (FAISS ``IndexRefine``'s two stages,
+  taken across shards; only the global cut is re-scored).
 
 Ties are broken by the smaller global id.
 """
@@ -64,7 +64,7 @@ def top_k(m: Merged, k: int) -> Merged:
     return _padded(Merged(ids, scores.astype(np.float32), shards, positions), k)
 
 
-def rerank(cut: Merged, scores: np.ndarray, k: int) -> Merged:
+def refine_cut(cut: Merged, scores: np.ndarray, k: int) -> Merged:
     """A refined index's second stage: the best ``k`` of the ``cut`` (the global top
     ``k × k_factor`` by the codes' scores) by their re-computed ``scores``."""
     return top_k(Merged(cut.ids, scores, cut.shards, cut.positions), k)

@@ -10,8 +10,8 @@ and across Ray actors (``pipeline.index.serving.DistributedIndex``):
 2. every shard's candidates (``IndexShard.candidates``);
 3. ``merge``: the global top-k (top ``k × k_factor`` for a refined index), defined as one index
    holding every vector would answer it;
-4. refined indexes only: the shards re-score that cut from their stored vectors, ``rerank``
-   keeps the best k;
+4. refined indexes only: the shards re-score that cut from their stored vectors,
+   ``refine_cut`` keeps the best k;
 5. the keys of the hits, from the shards' id tables.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.index import gpu
 from pipeline.index.config import is_exact, is_refined
-from pipeline.index.merge import Merged, merge, rerank
+from pipeline.index.merge import Merged, merge, refine_cut
 from pipeline.index.params import SearchParams
 from pipeline.index.shard import (
     Candidates,
@@ -126,7 +126,7 @@ def search_shards(
     refined = is_refined(manifest.factory, manifest.dim)
     merged = merge(candidates(q, k, params), len(q), k * params.k_factor if refined else k)
     if refined:
-        merged = rerank(merged, rescore(q, merged), k)
+        merged = refine_cut(merged, rescore(q, merged), k)
     return result_with_keys(merged, keys(group_by_shard(merged)))
 
 

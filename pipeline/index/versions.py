@@ -204,7 +204,7 @@ def read_latest_name(output: str) -> str | None:
         return None
 
 
-def publish(output: str, version: str) -> bool:
+def advance_latest(output: str, version: str) -> bool:
     """Move LATEST to ``version`` (the commit point of a build), forward only: a version that
     sorts before the current LATEST leaves it where it is. Returns whether LATEST moved."""
     current = read_latest_name(output)

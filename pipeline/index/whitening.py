@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import safetensors.numpy
 
-from pipeline.io.descriptor_reader import check_same_model, list_descriptor_files, sample_rows
+from pipeline.io.descriptor_reader import (
+    check_same_model,
+    list_descriptor_files,
+    random_descriptors,
+)
 from pipeline.io.storage import WEIGHTS_STORE, read_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,7 @@ def sample_descriptors(
     fewer), and their model identity."""
     files = list_descriptor_files(folder)
     identity = check_same_model(files)
-    return sample_rows(files, max_samples, seed), identity
+    return random_descriptors(files, max_samples, seed), identity
 
 
 def learn_whitening(descriptors: str, output: str, cfg: WhiteningConfig) -> Whitening:

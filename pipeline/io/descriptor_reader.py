@@ -150,7 +150,7 @@ def iter_batches(
             yield keys, sources, x
 
 
-def sample_rows(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
+def random_descriptors(files: list[DescriptorFile], n: int, seed: int) -> np.ndarray:
     """``n`` descriptors drawn uniformly without replacement across all ``files`` (all of them
     when fewer; not a prefix), in file order."""
     total = sum(f.rows for f in files)

@@ -220,13 +220,13 @@ def test_two_builds_started_together_end_done_or_refused(ray_local, s3_bucket) -
 
 
 def test_latest_only_moves_forward(tmp_path) -> None:
-    from pipeline.index.versions import new_version_name, publish, read_latest_name
+    from pipeline.index.versions import advance_latest, new_version_name, read_latest_name
 
     out = str(tmp_path / "idx")
     first = new_version_name(out, "a" * 64)
-    assert publish(out, first)
+    assert advance_latest(out, first)
     older = "20000101T000000000000Z-bbbbbbbb"
-    assert not publish(out, older)  # a build that started earlier and finished later
+    assert not advance_latest(out, older)  # a build that started earlier and finished later
     assert read_latest_name(out) == first
     # A host whose clock is behind still names its version after LATEST.
     write_bytes_atomic(join(out, "LATEST"), b"29990101T000000000000Z-cccccccc")

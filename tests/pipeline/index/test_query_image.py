@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.index.postprocess import extraction_record
+from pipeline.index.build_record import extraction_record
 from pipeline.index.query_image import extraction_of, load_query_model
 from pipeline.index.versions import IndexManifest
 from pipeline.io.descriptor_reader import list_descriptor_files

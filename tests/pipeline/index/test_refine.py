@@ -12,7 +12,7 @@ import pytest
 from jobs.build_index import main as build_main
 from jobs.search_index import main as search_main
 from pipeline.index.build import IndexBuildConfig, build_index
-from pipeline.index.merge import merge, rerank
+from pipeline.index.merge import merge, refine_cut
 from pipeline.index.params import SearchParams
 from pipeline.index.search import ShardedIndex
 from pipeline.index.shard import Candidates
@@ -109,7 +109,7 @@ def test_merge_cuts_before_refinement_and_breaks_ties_by_id() -> None:
     # better once refined, but one index would not have re-scored it.
     cut = merge([shard(0, [1, 3], [0.9, 0.7]), shard(1, [7], [0.8])], 1, 2)
     assert cut.ids.tolist() == [[1, 7]] and cut.shards.tolist() == [[0, 1]]
-    refined = rerank(cut, np.array([[0.5, 0.6]], np.float32), 1)
+    refined = refine_cut(cut, np.array([[0.5, 0.6]], np.float32), 1)
     assert refined.ids.tolist() == [[7]] and refined.positions.tolist() == [[7]]
     tie = merge([shard(0, [9], [0.5]), shard(1, [4], [0.5])], 1, 2)
     assert tie.ids.tolist() == [[4, 9]]
