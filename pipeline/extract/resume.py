@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # Markers read per request batch when totals are recounted from the markers themselves.
 RECOUNT_BATCH = 1000
+# The listing of the markers is cut into parts listed concurrently, one per PART_SHARDS given
+# shards (ten pages of 1000 keys), at most MAX_PARTS.
+PART_SHARDS = 10_000
+MAX_PARTS = 100
 _TWO_SOURCES = "two sources"  # a digest no marker has: an id committed from two sources
 
 
@@ -62,7 +66,7 @@ def scan_output(output: str, fp: dict[str, Any], shards: list[str]) -> OutputSca
         check_fingerprint(what, _without(stored_fingerprint(stored), unresolved), wanted)
 
     previous = read_json(job_uri(output))
-    listed, earlier, first, count = _listing(output)
+    listed, earlier, first, count = _listing(output, listing_cuts(shards))
     recorded = _without(stored_fingerprint((previous or {}).get("fingerprint", {})), unresolved)
     if first is not None and (previous is None or recorded != wanted or unresolved):
         # The shards committed bind the output, not the record of a run that may have
@@ -122,8 +126,19 @@ def check_output(
     return scan.previous, scan.committed, scan.precisions
 
 
+def listing_cuts(shards: list[str]) -> list[str]:
+    """Where to cut the listing of the markers into parts listed concurrently: one part per
+    ``PART_SHARDS`` of the given shards (at most ``MAX_PARTS``), at ids sampled from them."""
+    parts = min(MAX_PARTS, len(shards) // PART_SHARDS)
+    if parts < 2:
+        return []
+    step = max(1, len(shards) // (parts * 8))
+    sample = sorted(shard_id(s) for s in shards[::step])
+    return sorted({sample[len(sample) * i // parts] for i in range(1, parts)})
+
+
 def _listing(
-    output: str,
+    output: str, cuts: list[str]
 ) -> tuple[dict[str, str], set[str], MarkerName | None, int]:
     """One listing of the markers: id -> source digest (the earlier layout's ids apart), the
     first marker, and the count of all. Digests are held once each (one per input folder)."""
@@ -132,7 +147,7 @@ def _listing(
     digests: dict[str, str] = {}
     first: MarkerName | None = None
     count = 0
-    for marker in list_markers(output):
+    for marker in list_markers(output, cuts):
         count += 1
         first = first or marker
         if marker.digest is None:
@@ -155,15 +170,6 @@ def _moved(output: str, sid: str, digest: str, shard: str) -> str:
 
 def _without(fp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in fp.items() if k not in keys}
-
-
-def committed_fingerprint(output: str) -> dict[str, Any] | None:
-    """The fingerprint of the output's committed shards (one marker's), or None if none."""
-    first = next(list_markers(output), None)
-    if first is None:
-        return None
-    marker = read_json(join(markers_folder(output), first.name))
-    return stored_fingerprint(dict((marker or {}).get("fingerprint", {})))
 
 
 def trusted_totals(previous: dict[str, Any] | None, markers: int) -> ShardTotals | None:

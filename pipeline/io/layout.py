@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pipeline.io.redact import redact_text
@@ -86,10 +86,10 @@ class MarkerName:
         return None
 
 
-def list_markers(output: str) -> Iterator[MarkerName]:
+def list_markers(output: str, split_at: Sequence[str] = ()) -> Iterator[MarkerName]:
     """Every commit marker of ``output``, from one paginated listing of ``_shards/`` (no
-    marker is read)."""
-    for page in list_names(markers_folder(output)):
+    marker is read); on S3 in parts listed concurrently, cut at the names in ``split_at``."""
+    for page in list_names(markers_folder(output), split_at):
         for name in page:
             marker = MarkerName.parse(name)
             if marker is not None:

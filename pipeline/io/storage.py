@@ -6,6 +6,7 @@ S3 endpoints and credentials come from the standard AWS variables (``AWS_ENDPOIN
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -14,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -196,11 +197,15 @@ def local_copy(uri: str) -> tuple[str, bool]:
     return tmp, True
 
 
-def list_names(folder: str) -> Iterator[list[str]]:
+def list_names(folder: str, split_at: Sequence[str] = ()) -> Iterator[list[str]]:
     """The names of the objects directly in ``folder`` (not in its subfolders, not hidden),
-    a page at a time: on S3 one LIST request per page of up to 1000 keys, names only (no
-    per-object info dicts, nothing kept in s3fs's listing cache); elsewhere one page. A
-    missing folder lists nothing."""
+    sorted, a part at a time: on S3 one LIST request per page of up to 1000 keys, names only
+    (no per-object info dicts, nothing kept in s3fs's listing cache); elsewhere one part. A
+    missing folder lists nothing.
+
+    On S3, names in ``split_at`` cut the key range into parts listed concurrently (each from
+    ``StartAfter`` its lower bound to its upper bound): a million keys are a thousand pages,
+    100-200 s one after the other."""
     fs, path = filesystem(folder)
     call_s3 = getattr(fs, "_call_s3", None)
     if is_local(fs):
@@ -223,14 +228,33 @@ def list_names(folder: str) -> Iterator[list[str]]:
 
     bucket, _, key = path.partition("/")
     prefix = f"{key.strip('/')}/" if key.strip("/") else ""
-    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
-    while True:
-        page = sync(fs.loop, call_s3, "list_objects_v2", **kwargs)
-        names = [c["Key"][len(prefix) :] for c in page.get("Contents", [])]
-        yield [n for n in names if n and not n.startswith(".")]
-        if not page.get("IsTruncated"):
-            return
-        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+    cuts = sorted(set(split_at))
+
+    async def part(low: str | None, high: str | None) -> list[str]:
+        """The names in (low, high]: None is open."""
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+        if low is not None:
+            kwargs["StartAfter"] = prefix + low
+        names: list[str] = []
+        while True:
+            page = await call_s3("list_objects_v2", **kwargs)
+            for c in page.get("Contents", []):
+                name = c["Key"][len(prefix) :]
+                if high is not None and name > high:
+                    return names
+                if name and not name.startswith("."):
+                    names.append(name)
+            if not page.get("IsTruncated"):
+                return names
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def parts() -> list[list[str]]:
+        lows: list[str | None] = [None, *cuts]
+        highs: list[str | None] = [*cuts, None]
+        ranges = zip(lows, highs, strict=True)
+        return list(await asyncio.gather(*(part(lo, hi) for lo, hi in ranges)))
+
+    yield from sync(fs.loop, parts)
 
 
 def read_json(uri: str) -> Any | None:

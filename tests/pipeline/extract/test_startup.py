@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.extract import failures
+from pipeline.extract import failures, resume
 from pipeline.extract.failures import FailedShards
 from pipeline.extract.resume import final_totals, recount_totals, scan_output, trusted_totals
 from pipeline.extract.spec import ExtractionSpec, fingerprint
@@ -94,9 +94,27 @@ def test_a_listing_of_more_than_a_page_is_paginated(s3_endpoint, s3_bucket) -> N
     with recorded_requests(s3_endpoint) as requests:
         pages = list(list_names(f"s3://{s3_bucket}/f"))
     names = [n for page in pages for n in page]  # not the hidden one, not the subfolder
-    assert names == [f"{i:05d}.json" for i in range(1001)] and len(pages) == 2
+    assert names == [f"{i:05d}.json" for i in range(1001)] and len(pages) == 1
     assert kinds(requests, s3_bucket) == {"LIST": 2}
     assert list(list_names(f"s3://{s3_bucket}/nothing")) == [[]]
+    with recorded_requests(s3_endpoint) as requests:  # in three parts, listed concurrently
+        parts = list(list_names(f"s3://{s3_bucket}/f", split_at=["00700", "00300.json"]))
+    assert [n for part in parts for n in part] == names and parts[1][0] == "00301.json"
+    assert kinds(requests, s3_bucket) == {"LIST": 3}
+
+
+def test_a_large_input_lists_the_markers_in_concurrent_parts(
+    s3_endpoint, s3_bucket, monkeypatch
+) -> None:
+    monkeypatch.setattr(resume, "PART_SHARDS", 100)  # 400 shards: 4 parts (10,000 each by default)
+    record = {"fingerprint": fp("bf16"), "status": "succeeded", "totals": {"committed_shards": 300}}
+    out, shards = committed_output(s3_bucket, 300, record)
+    cuts = resume.listing_cuts(shards)
+    assert len(cuts) == 3 and cuts == sorted(cuts)
+    with recorded_requests(s3_endpoint) as requests:
+        scan = scan_output(out, fp("bf16"), shards)
+    assert sorted(scan.committed) == [f"{i:06d}" for i in range(300)] and scan.markers == 300
+    assert kinds(requests, s3_bucket)["LIST"] == 4
 
 
 def test_a_fresh_output_costs_one_listing(s3_endpoint, s3_bucket) -> None:
