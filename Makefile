@@ -11,9 +11,16 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: test demo lint typecheck bench clean
 
+# uv installs what pip would (the same pins, the same packages) in about half the time: it
+# fetches and unpacks the wheels (torch's CUDA libraries are GBs) in parallel. System CAs, as
+# pip is configured to use here.
+UV_VERSION := 0.13.9
+export UV_SYSTEM_CERTS ?= 1
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[cpu,dev]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install -q --python $(PY) -c constraints.txt -e '.[cpu,dev]'
 	touch $(STAMP)
 
 # Test files run on PYTEST_WORKERS processes (pytest-xdist), each with its own S3 server,
