@@ -42,8 +42,8 @@ from descriptors import DescriptorModel
 from pipeline.evaluate.ranking import distractor_counter
 from pipeline.extract.spec import ExtractionSpec, fingerprint
 from pipeline.index.build import IndexBuildConfig, build_index
-from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.search import ShardedIndex
+from pipeline.index.search_config import SearchParams, ServingConfig
 from pipeline.index.serving import DistributedIndex
 from pipeline.io.descriptor_reader import iter_batches, list_descriptor_files
 from pipeline.io.descriptor_writer import descriptor_table, file_metadata, parquet_bytes

@@ -43,8 +43,8 @@ from descriptors import BLOCK, DescriptorModel
 from pipeline.index import gpu
 from pipeline.index.build import TRAINED, IndexBuildConfig
 from pipeline.index.merge import merge
-from pipeline.index.params import SearchParams
 from pipeline.index.search import ShardedIndex
+from pipeline.index.search_config import SearchParams
 from pipeline.index.shard_files import new_index, write_shard
 from pipeline.index.versions import LATEST, IndexManifest, write_manifest
 from pipeline.io.storage import join, write_bytes_atomic

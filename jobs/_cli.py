@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.index.expansion import DbaConfig
-    from pipeline.index.params import ServingConfig
     from pipeline.index.query import QueryOptions
+    from pipeline.index.search_config import ServingConfig
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -225,7 +225,7 @@ def connect_serving(args: argparse.Namespace) -> ServingConfig | None:
     None otherwise."""
     if not args.distributed:
         return None
-    from pipeline.index.params import ServingConfig
+    from pipeline.index.search_config import ServingConfig
     from pipeline.runtime.cluster import connect
 
     connect(args.ray_address)

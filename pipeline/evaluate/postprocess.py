@@ -34,7 +34,6 @@ import pyarrow as pa
 
 from pipeline.evaluate.ranking import RankingModel, distractor_counter
 from pipeline.index.expansion import DbaConfig, QeConfig, alpha_expand, drop_self
-from pipeline.index.params import SearchParams
 from pipeline.index.query import QueryOptions, describe
 from pipeline.index.rerank import RerankConfig, rerank
 from pipeline.index.search import (
@@ -44,6 +43,7 @@ from pipeline.index.search import (
     VersionIndex,
     flat_topk,
 )
+from pipeline.index.search_config import SearchParams
 from pipeline.index.shard import IndexShard
 from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import IndexManifest

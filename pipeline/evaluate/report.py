@@ -19,8 +19,8 @@ from pipeline.evaluate.postprocess import (
     resolve_whitening,
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
-from pipeline.index.params import ServingConfig
 from pipeline.index.search import VersionIndex, resolve_version
+from pipeline.index.search_config import ServingConfig
 from pipeline.index.serving import open_index
 from pipeline.io.descriptor_reader import read_descriptors
 

@@ -4,8 +4,8 @@ search in one process or across Ray actors, with the same answers.
 | module | job |
 | --- | --- |
 | ``versions`` | version folders, manifest, LATEST, shard references, retention (no Ray, FAISS) |
-| ``params`` | search settings (nprobe, k_factor) and serving settings (actors, placement) |
-| ``config`` | ``IndexBuildConfig``: which fields make the shards' content |
+| ``search_config`` | search settings (nprobe, k_factor) and serving settings (actors, placement) |
+| ``build_config`` | ``IndexBuildConfig``: which fields make the shards' content |
 | ``plan`` | up to date, incremental or full: decided from the inputs and LATEST (no FAISS) |
 | ``shard_files`` | a shard's rows streamed in batches; its FAISS file and id table, atomically |
 | ``build`` | training, shard builds as Ray tasks, manifest, then LATEST |

@@ -33,13 +33,13 @@ import numpy as np
 import ray
 
 from pipeline.index import gpu
+from pipeline.index.build_config import METRIC, IndexBuildConfig
 from pipeline.index.build_record import (
     extraction_record,
     load_build_whitening,
     store_whitening,
     version_whitening,
 )
-from pipeline.index.config import METRIC, IndexBuildConfig
 from pipeline.index.plan import BuildPlan, balance, plan_build, signature
 from pipeline.index.shard_files import file_batches, new_index, write_shard
 from pipeline.index.versions import (

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.index.config import IndexBuildConfig, content_of
+from pipeline.index.build_config import IndexBuildConfig, content_of
 from pipeline.index.versions import IndexManifest
 from pipeline.io.descriptor_reader import DescriptorFile
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.index.expansion import QeConfig, alpha_expand
-from pipeline.index.params import SearchParams
 from pipeline.index.rerank import RerankConfig, rerank
 from pipeline.index.search import SearchableIndex, SearchResult, VectorSource, VersionIndex
+from pipeline.index.search_config import SearchParams
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from typing import Protocol, Self
 import numpy as np
 
 from pipeline.index import gpu
-from pipeline.index.config import is_exact, is_refined
+from pipeline.index.build_config import is_exact, is_refined
 from pipeline.index.merge import Merged, merge, refine_cut
-from pipeline.index.params import SearchParams
+from pipeline.index.search_config import SearchParams
 from pipeline.index.shard import (
     Candidates,
     IndexShard,

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import ray
 
-from pipeline.index.config import is_exact
+from pipeline.index.build_config import is_exact
 from pipeline.index.merge import Merged
-from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.plan import balance
 from pipeline.index.search import (
     ShardedIndex,
     VersionIndex,
     resolve_version,
 )
+from pipeline.index.search_config import SearchParams, ServingConfig
 from pipeline.index.shard import Candidates
 from pipeline.index.vectors import StoredVectors
 from pipeline.index.versions import IndexManifest, shard_file

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.index import gpu
-from pipeline.index.params import SearchParams
+from pipeline.index.search_config import SearchParams
 from pipeline.index.versions import IndexManifest, shard_file
 from pipeline.io.storage import filesystem, local_copy
 

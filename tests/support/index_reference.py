@@ -7,8 +7,8 @@ import faiss
 import numpy as np
 
 from pipeline.index.build import TRAINED
-from pipeline.index.params import SearchParams
 from pipeline.index.search import ShardedIndex
+from pipeline.index.search_config import SearchParams
 from pipeline.index.shard_files import new_index
 from pipeline.index.versions import read_latest
 from pipeline.io.storage import exists, join, read_bytes

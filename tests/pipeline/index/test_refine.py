@@ -13,8 +13,8 @@ from jobs.build_index import main as build_main
 from jobs.search_index import main as search_main
 from pipeline.index.build import IndexBuildConfig, build_index
 from pipeline.index.merge import merge, refine_cut
-from pipeline.index.params import SearchParams
 from pipeline.index.search import ShardedIndex
+from pipeline.index.search_config import SearchParams
 from pipeline.index.shard import Candidates
 from pipeline.index.versions import read_latest
 from tests.support.descriptors import (

@@ -12,8 +12,8 @@ import ray
 from jobs.evaluate import main as evaluate_main
 from jobs.search_index import main as search_main
 from pipeline.index.build import IndexBuildConfig, build_index
-from pipeline.index.params import SearchParams, ServingConfig
 from pipeline.index.search import SearchResult, ShardedIndex
+from pipeline.index.search_config import SearchParams, ServingConfig
 from pipeline.index.serving import DistributedIndex
 from tests.support.descriptors import (
     DIM,

@@ -15,7 +15,7 @@ from typing import Any
 import faiss
 
 from pipeline.index.expansion import DbaConfig
-from pipeline.index.params import SearchParams
+from pipeline.index.search_config import SearchParams
 
 METRIC = "inner_product"
 # Fields whose change makes every shard different: a full rebuild.
