@@ -3,7 +3,7 @@
 Public API::
 
     from glam import build_glam, GlamExtractor, ExtractConfig, decode_image, preprocess
-    model = build_glam(weights="s3://bucket/glam.safetensors")    # or None / "imagenet"
+    model = build_glam(weights="glam.safetensors")    # or None / "imagenet"; store=… for URIs
     extractor = GlamExtractor(model, ExtractConfig(precision="bf16"))
     x = preprocess(decode_image(open("a.jpg", "rb").read()), image_size=1024)
     descriptors = extractor([x])                                    # (1, 512), unit norm

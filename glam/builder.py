@@ -34,8 +34,8 @@ def build_glam(
 
     weights: ``None``/``"random"`` for a seeded random initialisation (identical in every
     process with the same seed), ``"imagenet"`` for torchvision's ImageNet backbone with a
-    seeded random head, or the URI of a GLAM checkpoint in ``store`` (fsspec's defaults when
-    None; its recorded config wins; a different ``config`` passed here is refused).
+    seeded random head, or the URI of a GLAM checkpoint in ``store`` (None: a local path; its
+    recorded config wins; a different ``config`` passed here is refused).
     """
     checkpoint = None
     if weights not in (None, RANDOM, IMAGENET):

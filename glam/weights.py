@@ -3,9 +3,9 @@ the caller passes, and torchvision's ImageNet backbones.
 
 Checkpoints are safetensors files (``.safetensors``) or torch files (``.pt``/``.pth``/``.ckpt``)
 loaded with ``weights_only=True``; every load is strict and names the keys that do not match.
-glam writes no files of its own: object stores, credentials and atomic writes are the
+glam does no storage I/O of its own: object stores, credentials and atomic writes are the
 store's (the pipeline's is ``pipeline.io.storage.WEIGHTS_STORE``); without one, checkpoints
-are read with fsspec's defaults.
+are read from local paths, and written by no one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import fsspec
 import safetensors
 import safetensors.torch
 import torch
@@ -82,13 +81,19 @@ class WeightsStore(Protocol):
 
 
 def _read_uri(uri: str, store: WeightsStore | None) -> bytes:
-    """The checkpoint's bytes from ``store``; without a store, with fsspec's defaults."""
+    """The checkpoint's bytes from ``store``; without a store, from a local path (another
+    scheme is refused: reading it is the store's job)."""
     try:
         if store is not None:
             return store.read(uri)
-        with fsspec.open(uri, "rb") as f:
-            data: bytes = f.read()
-            return data
+        scheme, sep, path = uri.partition("://")
+        if sep and scheme != "file":
+            raise ValueError(
+                f"{uri}: glam reads only local paths by itself; pass a WeightsStore that "
+                "reads this scheme (the pipeline's: pipeline.io.storage.WEIGHTS_STORE)"
+            )
+        with open(path if sep else uri, "rb") as f:
+            return f.read()
     except FileNotFoundError as e:
         raise CheckpointError(f"no checkpoint at {uri}") from e
 
@@ -109,7 +114,7 @@ def _looks_like_safetensors(data: bytes) -> bool:
 
 def load_checkpoint(uri: str, store: WeightsStore | None = None) -> Checkpoint:
     """Read a GLAM checkpoint (safetensors or torch, ``weights_only=True``) from ``store``
-    (None: fsspec's defaults)."""
+    (None: a local path)."""
     return parse_checkpoint(_read_uri(uri, store), uri)
 
 
@@ -174,7 +179,7 @@ def _numpy_globals() -> list[Any]:
 
 
 def load_foreign_checkpoint(uri: str, store: WeightsStore | None = None) -> ForeignCheckpoint:
-    """Read another code base's torch checkpoint from ``store`` (None: fsspec's defaults)
+    """Read another code base's torch checkpoint from ``store`` (None: a local path)
     (``parse_foreign_checkpoint``)."""
     return parse_foreign_checkpoint(_read_uri(uri, store), uri)
 

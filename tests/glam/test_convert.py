@@ -172,7 +172,7 @@ def test_unknown_learned_whitening_lists_the_ones_there(tmp_path, capsys) -> Non
 
 
 def test_source_read_from_s3(s3_bucket: str, capsys) -> None:
-    from pipeline.io.storage import write_bytes_atomic
+    from pipeline.io.storage import WEIGHTS_STORE, write_bytes_atomic
 
     net = CirtorchGeM("resnet18", whiten=True, seed=9)
     src = f"s3://{s3_bucket}/models/gl18-tl-resnet18-gem-w.pth"
@@ -181,7 +181,7 @@ def test_source_read_from_s3(s3_bucket: str, capsys) -> None:
     assert convert_main(["--source", src, "--format", "cirtorch", "--output", out]) == 0
     img = images(5).float()
     with torch.no_grad():
-        close(build_glam(out)(imagenet_input(img)), net(imagenet_input(img)))
+        close(build_glam(out, store=WEIGHTS_STORE)(imagenet_input(img)), net(imagenet_input(img)))
     assert "sha256" in capsys.readouterr().out
 
 

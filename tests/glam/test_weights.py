@@ -68,6 +68,12 @@ def test_bytes_round_trip(model) -> None:
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in checkpoint.state_dict.items())
 
 
+def test_a_uri_without_a_store_is_refused() -> None:
+    """glam reads local paths only by itself: an object store is the store's to read."""
+    with pytest.raises(ValueError, match="pass a WeightsStore"):
+        build_glam(weights="s3://bucket/models/glam.safetensors")
+
+
 def test_requested_config_must_match_checkpoint(model, tmp_path) -> None:
     uri = str(tmp_path / "glam.safetensors")
     save_checkpoint(model, uri, store=WEIGHTS_STORE)
