@@ -177,9 +177,8 @@ DEFAULT_SCALES: tuple[float, ...] = (1 / math.sqrt(2), 1.0, math.sqrt(2))
 class ExtractConfig:
     """How descriptors are extracted at test time (paper §4: multi-resolution test)."""
 
-    # The longer image side after resizing, before the multi-scale factors.
-    image_size: int = 1024
-    # Scales of image_size; descriptors are averaged over them, then L2-normalised.
+    # Scales of the input image (its longer side set by decode or ``preprocess``); descriptors
+    # are averaged over them, then L2-normalised.
     scales: tuple[float, ...] = field(default=DEFAULT_SCALES)
     # "fp32" or "bf16" (autocast; descriptors are returned in fp32).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -189,8 +188,6 @@ class ExtractConfig:
     fold_batchnorm: bool = True
 
     def __post_init__(self) -> None:
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
         if not self.scales or any(not (math.isfinite(s) and s > 0) for s in self.scales):
             raise ValueError(f"scales must be positive finite numbers, got {self.scales}")
         if self.precision not in ("fp32", "bf16"):

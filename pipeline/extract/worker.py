@@ -123,9 +123,7 @@ class ShardWorker:
         self.precision = resolve_precision(spec.precision, dev)
         if extractor is None:
             model = build_glam(weights=spec.weights, seed=spec.seed, store=WEIGHTS_STORE)
-            extract_cfg = ExtractConfig(
-                image_size=spec.image_size, scales=spec.scales, precision=self.precision
-            )
+            extract_cfg = ExtractConfig(scales=spec.scales, precision=self.precision)
             extractor = GlamExtractor(model, extract_cfg, device=device)
         self.extractor = extractor
         model = extractor.model

@@ -137,9 +137,7 @@ def test_bad_config_is_a_value_error(kwargs) -> None:
         GlamConfig(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"image_size": 8}, {"scales": ()}, {"scales": (1.0, -1.0)}, {"precision": "fp8"}]
-)
+@pytest.mark.parametrize("kwargs", [{"scales": ()}, {"scales": (1.0, -1.0)}, {"precision": "fp8"}])
 def test_bad_extract_config_is_a_value_error(kwargs) -> None:
     with pytest.raises(ValueError):
         ExtractConfig(**kwargs)

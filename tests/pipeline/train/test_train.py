@@ -117,7 +117,7 @@ def retrieval_map(model: GLAM) -> float:
     """Medium mAP (revisitop protocol code) with the first image of each class as its query
     and the other held-out images as the database."""
     samples = held_out()
-    x = GlamExtractor(model, ExtractConfig(image_size=SIZE, scales=(1.0,)))(
+    x = GlamExtractor(model, ExtractConfig(scales=(1.0,)))(
         [preprocess(decode_image(data), SIZE) for _, _, data in samples], batch_size=8
     ).numpy()
     labels = np.array([label for _, label, _ in samples])
@@ -178,7 +178,7 @@ def test_extract_with_the_checkpoint_gives_the_trained_models_descriptors(
     got = dict(zip(table["key"].to_pylist(), table["descriptor"].to_pylist(), strict=True))
     # The trained model as the last training checkpoint holds it (the workers' memory).
     in_memory = glam_from_state(final_state(trained.output), CONFIG)
-    want = GlamExtractor(in_memory, ExtractConfig(image_size=SIZE, scales=(1.0,)))(
+    want = GlamExtractor(in_memory, ExtractConfig(scales=(1.0,)))(
         [preprocess(decode_image(data), SIZE) for _, _, data in samples]
     )
     assert sorted(got) == sorted(key for key, _, _ in samples)
