@@ -80,7 +80,7 @@ def wait_for_job_submission(dashboard_url: str, timeout_s: float = 120.0) -> Non
                 time.sleep(0.2)
             else:
                 return
-        except (RuntimeError, ConnectionError) as e:
+        except (RuntimeError, OSError) as e:  # requests' errors are OSErrors, not ConnectionError
             last_error = str(e).splitlines()[0] if str(e) else type(e).__name__
         time.sleep(0.5)
     raise TimeoutError(f"{dashboard_url} accepted no job in {timeout_s:.0f}s: {last_error}")
