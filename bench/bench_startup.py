@@ -31,10 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent.parent
 CONFIG = {"backbone": "resnet101", "dim": 512}
@@ -158,15 +156,6 @@ def run_child(tree: Path, output: str, pattern: str) -> dict[str, Any]:
     return result
 
 
-def kinds(requests: list[tuple[str, str]], bucket: str) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for method, path in requests:
-        parts = urlsplit(path)
-        listing = method == "GET" and parts.path.strip("/") == bucket and "list-type" in parts.query
-        out["LIST" if listing else method] += 1
-    return out
-
-
 def bench_s3(trees: dict[str, Path], n: int) -> list[dict[str, Any]]:
     """Every tree and scenario against one moto server, requests counted."""
     os.environ.setdefault(
@@ -178,7 +167,7 @@ def bench_s3(trees: dict[str, Path], n: int) -> list[dict[str, Any]]:
     from moto.server import ThreadedMotoServer
 
     sys.path.insert(0, str(HERE))
-    from tests.support.s3_recording import recorded_requests
+    from tests.support.s3_recording import recorded_requests, requests_by_kind
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -208,7 +197,7 @@ def bench_s3(trees: dict[str, Path], n: int) -> list[dict[str, Any]]:
                 made_up_output(put, output, shards, done, layout)
                 with recorded_requests(endpoint) as requests:
                     measured = run_child(tree, f"s3://{bucket}/{output}", pattern)
-                counts = kinds(requests, bucket)
+                counts = requests_by_kind(requests, bucket)
                 total = sum(counts.values())
                 rows.append(
                     {

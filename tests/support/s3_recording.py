@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 
 def _post(endpoint: str, action: str) -> None:
@@ -31,3 +33,13 @@ def recorded_requests(endpoint: str) -> Iterator[list[tuple[str, str]]]:
             entry = json.loads(line)
             path = "/" + entry["url"].split("://", 1)[-1].split("/", 1)[-1]
             requests.append((entry["method"], path))
+
+
+def requests_by_kind(requests: list[tuple[str, str]], bucket: str) -> Counter[str]:
+    """Requests by kind: LIST (a GET of the bucket with a query), GET, HEAD, ... of objects."""
+    out: Counter[str] = Counter()
+    for method, path in requests:
+        parts = urlsplit(path)
+        is_list = method == "GET" and parts.path.strip("/") == bucket and "list-type" in parts.query
+        out["LIST" if is_list else method] += 1
+    return out

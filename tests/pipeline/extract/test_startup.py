@@ -8,7 +8,6 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,7 +20,7 @@ from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals
 from pipeline.io.layout import MarkerName, job_uri, marker_uri, source_digest
 from pipeline.io.storage import list_names, read_json, write_json_atomic
 from pipeline.runtime.records import OutputMismatchError
-from tests.support.s3_recording import recorded_requests
+from tests.support.s3_recording import recorded_requests, requests_by_kind
 
 CONFIG = {"backbone": "resnet101", "dim": 512}
 
@@ -44,16 +43,6 @@ def put_directly(bucket: str, objects: dict[str, dict]) -> None:
     backend = get_backend("s3")[DEFAULT_ACCOUNT_ID]["global"]
     for key, body in objects.items():
         backend.put_object(bucket, key, json.dumps(body).encode())
-
-
-def kinds(requests: list[tuple[str, str]], bucket: str) -> Counter[str]:
-    """Requests by kind: LIST (a GET of the bucket with a query), GET, HEAD, ... of objects."""
-    out: Counter[str] = Counter()
-    for method, path in requests:
-        parts = urlsplit(path)
-        is_list = method == "GET" and parts.path.strip("/") == bucket and "list-type" in parts.query
-        out["LIST" if is_list else method] += 1
-    return out
 
 
 def committed_output(bucket: str, committed: int, record: dict | None) -> tuple[str, list[str]]:
@@ -84,7 +73,7 @@ def test_resume_costs_one_listing_and_no_request_per_shard(
     objects = Counter(p for m, p in requests if "list-type" not in p)
     markers = [p for p in objects if "/_shards/" in p]
     assert len(markers) == (precision == "auto") and objects[f"/{s3_bucket}/runs/r/_job.json"]
-    assert kinds(requests, s3_bucket)["LIST"] == 1 and len(requests) <= 5, requests
+    assert requests_by_kind(requests, s3_bucket)["LIST"] == 1 and len(requests) <= 5, requests
     assert trusted_totals(scan.previous, scan.markers) is not None
 
 
@@ -95,12 +84,12 @@ def test_a_listing_of_more_than_a_page_is_paginated(s3_endpoint, s3_bucket) -> N
         pages = list(list_names(f"s3://{s3_bucket}/f"))
     names = [n for page in pages for n in page]  # not the hidden one, not the subfolder
     assert names == [f"{i:05d}.json" for i in range(1001)] and len(pages) == 1
-    assert kinds(requests, s3_bucket) == {"LIST": 2}
+    assert requests_by_kind(requests, s3_bucket) == {"LIST": 2}
     assert list(list_names(f"s3://{s3_bucket}/nothing")) == [[]]
     with recorded_requests(s3_endpoint) as requests:  # in three parts, listed concurrently
         parts = list(list_names(f"s3://{s3_bucket}/f", split_at=["00700", "00300.json"]))
     assert [n for part in parts for n in part] == names and parts[1][0] == "00301.json"
-    assert kinds(requests, s3_bucket) == {"LIST": 3}
+    assert requests_by_kind(requests, s3_bucket) == {"LIST": 3}
 
 
 def test_a_large_input_lists_the_markers_in_concurrent_parts(
@@ -114,7 +103,7 @@ def test_a_large_input_lists_the_markers_in_concurrent_parts(
     with recorded_requests(s3_endpoint) as requests:
         scan = scan_output(out, fp("bf16"), shards)
     assert sorted(scan.committed) == [f"{i:06d}" for i in range(300)] and scan.markers == 300
-    assert kinds(requests, s3_bucket)["LIST"] == 4
+    assert requests_by_kind(requests, s3_bucket)["LIST"] == 4
 
 
 def test_a_fresh_output_costs_one_listing(s3_endpoint, s3_bucket) -> None:
