@@ -8,6 +8,7 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -58,15 +59,22 @@ def running_local_cluster() -> str | None:
         return None
 
 
-def wait_for_job_submission(dashboard_url: str, timeout_s: float = 120.0) -> None:
+def wait_for_job_submission(
+    dashboard_url: str,
+    timeout_s: float = 120.0,
+    head_alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Block until the cluster accepts `ray job submit`: the dashboard answers before the head's
     job agent has registered ("No available agent to submit job"), so submit a no-op job until
-    one is accepted and finishes."""
+    one is accepted and finishes. A head that ``head_alive`` says has exited raises
+    `ChildProcessError` at once: it will accept nothing, however long the wait."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     deadline = time.monotonic() + timeout_s
     last_error = ""
     while time.monotonic() < deadline:
+        if not head_alive():
+            raise ChildProcessError(f"the Ray head of {dashboard_url} exited: {last_error}")
         try:
             client = JobSubmissionClient(dashboard_url)
             job_id = client.submit_job(entrypoint="true")

@@ -36,10 +36,14 @@ def recorded_requests(endpoint: str) -> Iterator[list[tuple[str, str]]]:
 
 
 def requests_by_kind(requests: list[tuple[str, str]], bucket: str) -> Counter[str]:
-    """Requests by kind: LIST (a GET of the bucket with a query), GET, HEAD, ... of objects."""
+    """The requests to ``bucket`` by kind: LIST (a GET of the bucket with a query), GET, HEAD, ...
+    of objects. Requests to other buckets are not counted: the server is shared by everything
+    in the test process, and a Ray worker left from an earlier test may still read its own."""
     out: Counter[str] = Counter()
     for method, path in requests:
         parts = urlsplit(path)
+        if parts.path.strip("/").split("/", 1)[0] != bucket:
+            continue
         is_list = method == "GET" and parts.path.strip("/") == bucket and "list-type" in parts.query
         out["LIST" if is_list else method] += 1
     return out

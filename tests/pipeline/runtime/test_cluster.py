@@ -1,6 +1,7 @@
 """Waiting for a cluster to accept jobs: a dashboard that answers its version but drops job
 submissions while it starts is waited for until the timeout, never a crash of the caller
-(`make demo` once died of requests' ConnectionError, which is not the builtin one)."""
+(`make demo` once died of requests' ConnectionError, which is not the builtin one); a head
+that has exited is not waited for."""
 
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def test_a_dashboard_that_drops_job_submissions_is_waited_for_until_the_timeout(
     try:
         with pytest.raises(TimeoutError, match="accepted no job in 1s"):
             wait_for_job_submission(url, timeout_s=1.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_head_that_exited_is_not_waited_for() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Starting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:  # a timeout this long would fail the test if it were waited for
+        with pytest.raises(ChildProcessError, match="exited"):
+            wait_for_job_submission(url, timeout_s=3600.0, head_alive=lambda: False)
     finally:
         server.shutdown()
         server.server_close()
