@@ -24,11 +24,33 @@ _NEW = re.compile(rf"^(?P<sid>.+)\.(?P<digest>[0-9a-f]{{{DIGEST_CHARS}}})\.json$
 
 
 def descriptors_uri(output: str, shard: str) -> str:
-    return join(output, "descriptors", f"part-{shard}.parquet")
+    return join(descriptors_folder(output), part_name(shard))
 
 
 def errors_uri(output: str, shard: str) -> str:
-    return join(output, "errors", f"part-{shard}.parquet")
+    return join(errors_folder(output), part_name(shard))
+
+
+def descriptors_folder(output: str) -> str:
+    """The descriptor files, and the Delta table that lists the committed ones."""
+    return join(output, "descriptors")
+
+
+def errors_folder(output: str) -> str:
+    """The error-row files, and their Delta table."""
+    return join(output, "errors")
+
+
+def part_name(shard: str) -> str:
+    """A shard's file name in ``descriptors/`` and ``errors/``."""
+    return f"part-{shard}.parquet"
+
+
+def part_shard(name: str) -> str | None:
+    """The shard id of a file name ``part_name`` gave, or None for another name."""
+    if name.startswith("part-") and name.endswith(".parquet") and len(name) > 13:
+        return name[len("part-") : -len(".parquet")]
+    return None
 
 
 def markers_folder(output: str) -> str:
