@@ -5,6 +5,8 @@ the new files' vectors (reusing the previous shards) when only new files appeare
 
     python jobs/build_index.py --descriptors s3://b/runs/r1 --output s3://b/indexes/r1 \
         --shards 4 --factory IVF1024,PQ64x4fs,Refine(SQ8) --nprobe 32 --k-factor 8
+    python jobs/build_index.py --descriptors s3://b/runs/r1 --output s3://b/indexes/r1 \
+        --shards 4 --target-recall 0.95 --max-index-memory 4G
 """
 
 from __future__ import annotations
@@ -36,10 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=int, default=1, help="index shards, built in parallel (1)")
     p.add_argument(
         "--factory",
-        default="Flat",
+        default="auto",
         help="FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, "
         "IVF1024,PQ64x4fs,RFlat (refined from float32 copies), "
-        "IVF1024,PQ64x4fs,Refine(SQ8) (refined from 8-bit copies), ... (Flat)",
+        "IVF1024,PQ64x4fs,Refine(SQ8) (refined from 8-bit copies), ...; or auto: Flat below "
+        "--flat-below vectors, else an IVF-PQ with nlist from N and a refinement within "
+        "--max-index-memory, chosen per full build (auto)",
+    )
+    p.add_argument(
+        "--max-index-memory",
+        type=_memory_size,
+        default=None,
+        metavar="SIZE",
+        help="with --factory auto: the index's memory budget, e.g. 4G or 512M (none)",
+    )
+    p.add_argument(
+        "--flat-below",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --factory auto: a Flat (exact) index below N vectors (the measured "
+        "crossover, docs/index_tuning.md)",
+    )
+    tune = p.add_argument_group("search tuning on the version's own data")
+    tune.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        metavar="R",
+        help="after the build, tune nprobe/k-factor on held-out queries drawn from the indexed "
+        "descriptors until recall@K against exact search reaches R; the cheapest such "
+        "setting becomes the version's search default (replaces --nprobe/--k-factor)",
+    )
+    tune.add_argument(
+        "--recall-at", type=int, default=100, metavar="K", help="the K of recall@K (100)"
+    )
+    tune.add_argument(
+        "--tuning-queries",
+        type=int,
+        default=300,
+        metavar="N",
+        help="held-out queries the tuning measures (300)",
     )
     p.add_argument(
         "--nprobe", type=int, default=16, help="search default: IVF cells visited per query (16)"
@@ -85,13 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _memory_size(text: str) -> int:
+    from pipeline.index.factory_choice import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 
     def run() -> int:
         from pipeline.index.build import IndexBuildConfig, build_index
+        from pipeline.index.factory_choice import FactoryPolicy
+        from pipeline.index.tuning_record import RecallTarget
         from pipeline.runtime.cluster import connect
+
+        target = None
+        if args.target_recall is not None:
+            target = RecallTarget(args.target_recall, args.recall_at, args.tuning_queries)
 
         cfg = IndexBuildConfig(
             factory=args.factory,
@@ -106,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             max_new_fraction=args.max_new_fraction,
             whitening=args.whitening,
             dba=dba_config(args),
+            target=target,
+            flat_below=FactoryPolicy.flat_below if args.flat_below is None else args.flat_below,
+            max_index_memory=args.max_index_memory,
         )
         connect(args.ray_address)
         result = build_index(args.descriptors, args.output, cfg, force=args.force)
@@ -117,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result.vectors} vectors in {len(result.shard_counts)} shards, "
                 f"{result.added} added, {result.seconds:.1f}s"
             )
+            if result.factory_choice is not None:
+                print(f"factory {result.factory}: {result.factory_choice.reason}")
             if result.dba is not None:
                 print(
                     f"DBA k={result.dba.k} alpha={result.dba.alpha:g}: {result.dba.seconds:.1f}s, "
                     f"peak RSS {result.dba.peak_rss_bytes / 2**30:.2f} GiB"
                 )
+        if result.tuning is not None:
+            print(f"search default: {result.tuning.summary()}")
         return 0
 
     return run_main(run)

@@ -33,15 +33,17 @@ import numpy as np
 import ray
 
 from pipeline.index import gpu
-from pipeline.index.build_config import METRIC, IndexBuildConfig
+from pipeline.index.build_config import METRIC, IndexBuildConfig, is_exact
 from pipeline.index.build_record import (
     extraction_record,
     load_build_whitening,
     store_whitening,
     version_whitening,
 )
+from pipeline.index.factory_choice import AUTO, choose_factory
 from pipeline.index.plan import BuildPlan, balance, plan_build, signature
 from pipeline.index.shard_files import file_batches, new_index, write_shard
+from pipeline.index.tuning_record import FactoryChoice, SearchTuning
 from pipeline.index.versions import (
     DbaRecord,
     IndexInput,
@@ -97,6 +99,9 @@ class BuildResult:
     reason: str = ""
     added: int = 0  # vectors this build added (all of them for a full build)
     dba: DbaRecord | None = None  # DBA's time and memory when it ran
+    factory: str = ""  # the factory the version was built with (what "auto" resolved to)
+    factory_choice: FactoryChoice | None = None  # "auto": what it chose and why
+    tuning: SearchTuning | None = None  # --target-recall: the tuned search default
 
 
 def assign_files(files: list[DescriptorFile], shards: int) -> list[list[int]]:
@@ -210,10 +215,23 @@ class _BuildInputs:
     whitening_sha: str | None
     dim: int  # of the stored vectors: the descriptors', or the whitening's output
 
-    @property
-    def needs_training(self) -> bool:
-        probe = faiss.index_factory(self.dim, self.cfg.factory, faiss.METRIC_INNER_PRODUCT)
+    def needs_training(self, factory: str) -> bool:
+        probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         return not probe.is_trained
+
+    def resolve_factory(
+        self, plan: BuildPlan, previous: IndexManifest | None
+    ) -> tuple[str, FactoryChoice | None]:
+        """The factory this build uses: the configured one; for "auto", the previous
+        version's when reusing its shards, else chosen from the vectors and the budget."""
+        if self.cfg.factory != AUTO:
+            return self.cfg.factory, None
+        if plan.kind == "incremental" and previous is not None:
+            return previous.factory, previous.factory_choice
+        n = sum(f.rows for f in self.files)
+        choice = choose_factory(n, self.dim, self.cfg.train_size, self.cfg.factory_policy())
+        log.info("--factory auto: %s (%s)", choice.factory, choice.reason)
+        return choice.factory, choice
 
 
 def _plan(job: _BuildInputs, force: bool) -> tuple[BuildPlan, IndexManifest | None]:
@@ -221,8 +239,10 @@ def _plan(job: _BuildInputs, force: bool) -> tuple[BuildPlan, IndexManifest | No
     another model than LATEST's."""
     latest = read_latest(job.output)
     previous = latest[1] if latest else None
+    factory = previous.factory if previous is not None and job.cfg.factory == AUTO else None
     reusable = previous is not None and (
-        not job.needs_training or exists(join(job.output, previous.trained_version, TRAINED))
+        not job.needs_training(factory or job.cfg.factory)
+        or exists(join(job.output, previous.trained_version, TRAINED))
     )
     plan = plan_build(job.files, previous, job.cfg, force, reusable, job.whitening_sha)
     if previous is not None and plan.kind != "up_to_date" and not force:
@@ -244,6 +264,9 @@ def _up_to_date(output: str, plan: BuildPlan, previous: IndexManifest) -> BuildR
         previous.shard_counts,
         kind=plan.kind,
         reason=plan.reason,
+        factory=previous.factory,
+        factory_choice=previous.factory_choice,
+        tuning=previous.tuning,
     )
 
 
@@ -252,7 +275,9 @@ def _build_version(
 ) -> BuildResult:
     """Train (or reuse the base's training), fill the plan's shards, DBA, write the manifest,
     then move LATEST (under the lease)."""
-    output, cfg, dim, whitening = job.output, job.cfg, job.dim, job.whitening
+    output, dim, whitening = job.output, job.dim, job.whitening
+    factory, choice = job.resolve_factory(plan, previous)
+    cfg = dataclasses.replace(job.cfg, factory=factory)  # what the shards are built with
     version = new_version_name(output, plan.signature)
     lease.note(f"building version {version} ({plan.kind})")
     version_dir = join(output, version)
@@ -263,7 +288,7 @@ def _build_version(
         postprocessing = store_whitening(cfg.whitening, whitening, version_dir)
     gpus = _gpus_per_task(cfg)
     trained = None
-    if job.needs_training:
+    if job.needs_training(factory):
         if plan.kind == "incremental" and previous is not None:
             trained = read_bytes(join(output, previous.trained_version, TRAINED))
         else:
@@ -275,9 +300,10 @@ def _build_version(
     inputs = shard_inputs(plan)
     counts = _build_shards(plan, inputs, dim, cfg, trained, version_dir, gpus)
     manifest = dataclasses.replace(
-        _manifest(plan, previous, version, dim, cfg, counts, job.identity),
+        _manifest(plan, previous, version, dim, job.cfg, factory, counts, job.identity),
         postprocessing=postprocessing,
         extraction=extraction_record(job.descriptors, job.files),  # for search by image
+        factory_choice=choice,
     )
     if cfg.dba is not None:
         # DBA of the stored vectors, before publication; plan_build made this a full build.
@@ -296,6 +322,9 @@ def _build_version(
         manifest = dataclasses.replace(
             manifest, postprocessing=PostProcessing(manifest.whitening, record)
         )
+    if cfg.target is not None:
+        lease.note(f"tuning the search of version {version}")
+        manifest = dataclasses.replace(manifest, tuning=_tune(job, manifest, previous, plan))
     # A build whose lease was taken over writes no manifest and no LATEST: the note renews
     # the lease (a conditional write, so a takeover since the last heartbeat shows here).
     lease.note(f"publishing version {version}")
@@ -307,7 +336,7 @@ def _build_version(
     added = sum(f.rows for f in plan.add)
     result = BuildResult(
         version, False, manifest.count, manifest.shard_counts, time.monotonic() - t0,
-        plan.kind, plan.reason, added, manifest.dba,
+        plan.kind, plan.reason, added, manifest.dba, factory, choice, manifest.tuning,
     )  # fmt: skip
     metrics.set_gauge("vectors", result.vectors)
     metrics.set_gauge("build", result.seconds)
@@ -358,11 +387,13 @@ def _manifest(
     version: str,
     dim: int,
     cfg: IndexBuildConfig,
+    factory: str,
     counts: list[int],
     identity: dict[str, str],
 ) -> IndexManifest:
     """The new version's manifest: an incremental one lists the previous shards (where they
-    live) and inputs first, then its own."""
+    live) and inputs first, then its own. ``cfg`` as configured (``factory`` "auto" stays so
+    in the recorded config), ``factory`` the one the shards hold."""
     inputs = [IndexInput(f.uri, f.size, f.etag, f.rows) for f in plan.add]
     shard_versions: list[str] = []
     base_version, added_since_base = "", 0
@@ -376,7 +407,7 @@ def _manifest(
     return IndexManifest(
         version=version,
         signature=plan.signature,
-        factory=cfg.factory,
+        factory=factory,
         dim=dim,
         metric=METRIC,
         shards=len(counts),
@@ -391,3 +422,39 @@ def _manifest(
         base_version=base_version,
         added_since_base=added_since_base,
     )
+
+
+def _on_ray(fn: Any, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``fn(*call)`` for every call as one-CPU Ray tasks, results in order."""
+    task: Any = ray.remote(num_cpus=1)(fn)
+    return ray.get([task.remote(*call) for call in calls])
+
+
+def _tune(
+    job: _BuildInputs, manifest: IndexManifest, previous: IndexManifest | None, plan: BuildPlan
+) -> SearchTuning:
+    """The version's search default for ``job.cfg.target``: its held-out queries' exact
+    neighbours as Ray tasks over its inputs, then the sweep (or, for an incremental version
+    that inherits a setting for the same target, its re-check) on the version in this
+    process (``pipeline.index.tuning``)."""
+    from pipeline.index.exact_neighbours import held_out, input_ranges
+    from pipeline.index.search import ShardedIndex
+    from pipeline.index.tuning import exact_tuning, index_shape, recheck, tune_search
+
+    cfg, target, t0 = job.cfg, job.cfg.target, time.monotonic()
+    assert target is not None
+    if is_exact(manifest.factory, manifest.dim):
+        return exact_tuning(target)
+    ranges = input_ranges(manifest)
+    parts = max(1, min(len(ranges), int(ray.cluster_resources().get("CPU", 1))))
+    held = held_out(ranges, target.queries, target.k, cfg.seed, job.whitening, parts, _on_ray)
+    index = ShardedIndex.from_manifest(job.output, manifest, use_gpu=cfg.use_gpu)
+    shape = index_shape(index)
+    before = previous.tuning if previous is not None and plan.kind == "incremental" else None
+    if before is not None and (before.target, before.k) == (target.recall, target.k):
+        tuning = recheck(index, held, target, shape, before.params, cfg.seed)
+    else:
+        tuning = tune_search(index, held, target, shape, cfg.seed)
+    tuning = dataclasses.replace(tuning, seconds=round(time.monotonic() - t0, 3))  # all of it
+    log.info("search of version %s %s", manifest.version, tuning.summary())
+    return tuning

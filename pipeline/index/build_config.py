@@ -8,25 +8,31 @@ from its neighbours, so a build with DBA is always a full one)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Any
 
 import faiss
 
 from pipeline.index.expansion import DbaConfig
+from pipeline.index.factory_choice import AUTO, FactoryPolicy
 from pipeline.index.search_config import SearchParams
+from pipeline.index.tuning_record import RecallTarget
 
 METRIC = "inner_product"
 # Fields whose change makes every shard different: a full rebuild.
 CONTENT_FIELDS = ("factory", "shards", "train_size", "seed")
+# With --factory auto, also the policy's inputs (absent from manifests of other factories, so
+# that their content, and their plans, stay as they were).
+AUTO_FIELDS = ("flat_below", "max_index_memory")
 
 
 @dataclass(frozen=True)
 class IndexBuildConfig:
     # A FAISS index_factory string: Flat, IVF4096,Flat, IVF65536,PQ64, OPQ32,IVF1024,PQ32x4fs,
     # and refined ones that re-score candidates from stored vectors: IVF1024,PQ64x4fs,RFlat
-    # (float32 copy) or IVF1024,PQ64x4fs,Refine(SQ8) (8 bits per dimension).
+    # (float32 copy) or IVF1024,PQ64x4fs,Refine(SQ8) (8 bits per dimension); or "auto":
+    # chosen per full build from N and the memory budget (pipeline.index.factory_choice).
     factory: str = "Flat"
     shards: int = 1
     # Vectors sampled uniformly at random across all input files to train the index.
@@ -51,6 +57,12 @@ class IndexBuildConfig:
     # at search, to every query; and database-side augmentation (pipeline.index.dba).
     whitening: str | None = None
     dba: DbaConfig | None = None
+    # --target-recall / --recall-at: the search defaults tuned on the version's own data
+    # (pipeline.index.tuning) instead of nprobe and k_factor above.
+    target: RecallTarget | None = None
+    # --factory auto only: exact search below this many vectors; the index's memory budget.
+    flat_below: int = FactoryPolicy.flat_below
+    max_index_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.shards <= 0 or self.train_size <= 0 or self.retention <= 0:
@@ -58,6 +70,14 @@ class IndexBuildConfig:
         if self.max_new_fraction < 0:
             raise ValueError("max_new_fraction must be non-negative")
         self.search_params()  # validates nprobe and k_factor
+        self.factory_policy()  # validates the auto fields
+        if self.target is not None and self.dba is not None:
+            raise ValueError(
+                "--target-recall measures recall against exact search of the descriptors; "
+                "with --dba the stored vectors are others: tune without --dba"
+            )
+        if self.factory == AUTO:
+            return
         try:
             faiss.index_factory(
                 8 if "PQ" not in self.factory else 64, self.factory, faiss.METRIC_INNER_PRODUCT
@@ -68,14 +88,18 @@ class IndexBuildConfig:
     def search_params(self) -> SearchParams:
         return SearchParams(nprobe=self.nprobe, k_factor=self.k_factor)
 
+    def factory_policy(self) -> FactoryPolicy:
+        return FactoryPolicy(flat_below=self.flat_below, max_bytes=self.max_index_memory)
+
     def content(self) -> dict[str, Any]:
         """What the shards' content is a function of, besides the input files."""
-        return {**{f: getattr(self, f) for f in CONTENT_FIELDS}, "metric": METRIC}
+        return content_of(asdict(self))
 
 
 def content_of(config: dict[str, Any]) -> dict[str, Any]:
     """``content()`` of a config as recorded in a manifest."""
-    return {**{f: config.get(f) for f in CONTENT_FIELDS}, "metric": METRIC}
+    names = CONTENT_FIELDS + (AUTO_FIELDS if config.get("factory") == AUTO else ())
+    return {**{f: config.get(f) for f in names}, "metric": METRIC}
 
 
 @cache

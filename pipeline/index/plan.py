@@ -42,8 +42,8 @@ def signature(
     files: list[DescriptorFile], cfg: IndexBuildConfig, whitening_sha256: str | None = None
 ) -> str:
     """What a version is a function of: the input files (URI, size, ETag), the shards'
-    configuration, the recorded search defaults and the post-processing (the whitening file's
-    sha256, DBA's k and α; only when used)."""
+    configuration, the recorded search defaults, the recall target and the post-processing
+    (the whitening file's sha256, DBA's k and α; each only when used)."""
     payload: dict[str, Any] = {
         "files": [[f.uri, f.size, f.etag] for f in files],
         **cfg.content(),
@@ -53,6 +53,9 @@ def signature(
         payload["whitening"] = whitening_sha256
     if cfg.dba is not None:
         payload["dba"] = [cfg.dba.k, cfg.dba.alpha]
+    if cfg.target is not None:
+        t = cfg.target
+        payload["target"] = [t.recall, t.k, t.queries, t.z]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

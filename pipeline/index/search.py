@@ -315,7 +315,7 @@ class ShardedIndex(VersionIndex):
             manifest.version,
             manifest,
             loaded,
-            SearchParams.from_config(manifest.config),
+            manifest.search_defaults(),
             lazy,
         )
 

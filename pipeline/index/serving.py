@@ -116,7 +116,7 @@ class DistributedIndex(VersionIndex):
         self.output = output
         self.version = version
         self.manifest = manifest
-        self.params = SearchParams.from_config(manifest.config)
+        self.params = manifest.search_defaults()  # tuned, or the recorded flags
         self.actors = actors
         self.plan = plan  # shard numbers per actor
         self._exact = exact

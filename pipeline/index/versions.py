@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pipeline.index.search_config import SearchParams
+from pipeline.index.tuning_record import FactoryChoice, SearchTuning
 from pipeline.io.storage import (
     filesystem,
     join,
@@ -123,11 +125,15 @@ class IndexManifest:
     # Optional sections (absent from older manifests and from plain builds).
     postprocessing: PostProcessing | None = None
     extraction: ExtractionRecord | None = None
+    # The search default tuned on the version's own data (``--target-recall``) and the curve
+    # it was chosen from; what ``--factory auto`` chose and why.
+    tuning: SearchTuning | None = None
+    factory_choice: FactoryChoice | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        for optional in ("postprocessing", "extraction"):
+        for optional in ("postprocessing", "extraction", "tuning", "factory_choice"):
             if d[optional] is None:
                 del d[optional]
         return {**extra, **d}
@@ -141,6 +147,10 @@ class IndexManifest:
             kw["postprocessing"] = PostProcessing.from_dict(kw["postprocessing"])
         if kw.get("extraction"):
             kw["extraction"] = ExtractionRecord(**kw["extraction"])
+        if kw.get("tuning"):
+            kw["tuning"] = SearchTuning.from_dict(kw["tuning"])
+        if kw.get("factory_choice"):
+            kw["factory_choice"] = FactoryChoice(**kw["factory_choice"])
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
     @property
@@ -150,6 +160,13 @@ class IndexManifest:
     @property
     def dba(self) -> DbaRecord | None:
         return self.postprocessing.dba if self.postprocessing else None
+
+    def search_defaults(self) -> SearchParams:
+        """How readers search this version unless told otherwise: the tuned setting when the
+        build tuned one, else the build's recorded nprobe and k_factor."""
+        if self.tuning is not None:
+            return self.tuning.params
+        return SearchParams.from_config(self.config)
 
     def shard_version(self, shard: int) -> str:
         """The version whose folder holds ``shard``'s files."""
