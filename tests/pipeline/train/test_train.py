@@ -48,24 +48,33 @@ TRAIN_ARGS = [
     "--shuffle-buffer", "16", "--max-failures", "0",
 ]  # fmt: skip
 STEPS = 5 * (CLASSES * 96 // 16)  # 5 epochs of 24 steps
-# The recovery tests' configuration: one epoch, a checkpoint every 8 steps (a run of its own,
-# cheaper than the five epochs the learning needs, with the same resume path).
-SHORT_ARGS = [*TRAIN_ARGS, "--epochs", "1", "--checkpoint-every", "8"]
-SHORT_STEPS = CLASSES * 96 // 16
+# The recovery tests' configuration: one epoch of half the samples at 64 px, a checkpoint every
+# 4 steps (a run of its own, far cheaper than the five epochs the learning needs, with the same
+# resume path: recovery needs no learning).
+SHORT_ARGS = [
+    *TRAIN_ARGS, "--epochs", "1", "--checkpoint-every", "4", "--image-size", "64",
+    "--samples-per-epoch", str(CLASSES * 48),
+]  # fmt: skip
+SHORT_STEPS = CLASSES * 48 // 16
+FAIL_AT_STEP = 10  # after the checkpoints at 4 and 8
 
 
 @dataclass(frozen=True)
-class Trained:
+class Shards:
     bucket: str
     input: str  # the training shard pattern
+
+
+@dataclass(frozen=True)
+class Trained(Shards):
     output: str  # the reference run's folder
 
 
 @pytest.fixture(scope="module")
-def trained(
+def training_shards(
     ray_local: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Trained]:
-    """GLDv2-style miniature -> prepare_gldv2.py -> S3 shards -> one uninterrupted run."""
+) -> Shards:
+    """GLDv2-style miniature -> prepare_gldv2.py -> S3 shards."""
     import boto3
 
     bucket = f"train-{uuid.uuid4().hex[:10]}"
@@ -75,17 +84,23 @@ def trained(
     shards = f"s3://{bucket}/gldv2-shards"
     prepare = ["--csv", f"{raw}/train_clean.csv", "--images", f"{raw}/train"]
     assert prepare_main([*prepare, "--output", shards, "--shard-size", "48"]) == 0
-    pattern = f"{shards}/train-{{000000..000007}}.tar"
-    output = f"s3://{bucket}/runs/reference"
-    assert train_main(["--input", pattern, "--output", output, *TRAIN_ARGS]) == 0
-    yield Trained(bucket, pattern, output)
+    return Shards(bucket, f"{shards}/train-{{000000..000007}}.tar")
 
 
 @pytest.fixture(scope="module")
-def short_run(trained: Trained) -> str:
+def trained(training_shards: Shards) -> Iterator[Trained]:
+    """One uninterrupted run of the learning configuration."""
+    output = f"s3://{training_shards.bucket}/runs/reference"
+    assert train_main(["--input", training_shards.input, "--output", output, *TRAIN_ARGS]) == 0
+    yield Trained(training_shards.bucket, training_shards.input, output)
+
+
+@pytest.fixture(scope="module")
+def short_run(training_shards: Shards) -> str:
     """An uninterrupted run of the recovery tests' configuration; returns its folder."""
-    output = f"s3://{trained.bucket}/runs/short"
-    assert train_main(["--input", trained.input, "--output", output, *SHORT_ARGS]) == 0
+    output = f"s3://{training_shards.bucket}/runs/short"
+    args = ["--input", training_shards.input, "--output", output, *SHORT_ARGS]
+    assert train_main(args) == 0
     return output
 
 
@@ -190,23 +205,27 @@ def test_extract_with_the_checkpoint_gives_the_trained_models_descriptors(
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(
-    trained: Trained, short_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    training_shards: Shards,
+    short_run: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
-    output = f"s3://{trained.bucket}/runs/killed"
-    monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=20")
+    output = f"s3://{training_shards.bucket}/runs/killed"
+    monkeypatch.setenv("GLAM_FAILPOINTS", f"train_worker_exit_at_step={FAIL_AT_STEP}")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
-    args = ["--input", trained.input, "--output", output, *SHORT_ARGS]
+    args = ["--input", training_shards.input, "--output", output, *SHORT_ARGS]
     assert train_main(args) == 1
     err = capsys.readouterr().err
     assert "re-running the same command resumes" in err and "Traceback" not in err
-    assert (tmp_path / "train_worker_exit_at_step-20.fired").exists()
+    assert (tmp_path / f"train_worker_exit_at_step-{FAIL_AT_STEP}.fired").exists()
     assert read_json(f"{output}/_train.json")["status"] == "failed"
 
     assert train_main(args) == 0  # the same command resumes
     record = read_json(f"{output}/_train.json")
     assert record["status"] == "succeeded" and record["steps"] == SHORT_STEPS
     (resumed,) = record["resumed_from"]
-    assert resumed in (8, 16)  # the last checkpoint registered before the crash at 20
+    assert resumed in (4, 8)  # the last checkpoint registered before the crash
     steps = [h["step"] for h in record["history"]]
     assert steps == sorted(set(steps)) and steps[-1] == SHORT_STEPS  # continues, no step twice
     # Same step count, weights and optimiser state as the run that was never killed.
@@ -234,17 +253,17 @@ def test_checkpoint_holds_the_whole_training_state(trained: Trained) -> None:
 
 
 def test_worker_death_inside_a_run_restarts_the_group_from_the_checkpoint(
-    trained: Trained, short_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    training_shards: Shards, short_run: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    output = f"s3://{trained.bucket}/runs/worker-died"
-    monkeypatch.setenv("GLAM_FAILPOINTS", "train_worker_exit_at_step=20")
+    output = f"s3://{training_shards.bucket}/runs/worker-died"
+    monkeypatch.setenv("GLAM_FAILPOINTS", f"train_worker_exit_at_step={FAIL_AT_STEP}")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
     args = [*SHORT_ARGS, "--max-failures", "1"]
-    assert train_main(["--input", trained.input, "--output", output, *args]) == 0
-    assert (tmp_path / "train_worker_exit_at_step-20.fired").exists()
+    assert train_main(["--input", training_shards.input, "--output", output, *args]) == 0
+    assert (tmp_path / f"train_worker_exit_at_step-{FAIL_AT_STEP}.fired").exists()
     record = read_json(f"{output}/_train.json")
     assert record["status"] == "succeeded" and record["steps"] == SHORT_STEPS
-    (resumed,) = record["resumed_from"]  # one restart, from a checkpoint before step 20
-    assert resumed in (8, 16)
+    (resumed,) = record["resumed_from"]  # one restart, from a checkpoint before the failure
+    assert resumed in (4, 8)
     # The restarted group ends where the run that never failed ended.
     assert_same_training_state(output, short_run)
