@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jobs._cli import (
     add_database_arguments,
     add_postprocessing_arguments,
+    add_search_arguments,
     add_serving_arguments,
     add_verbose_argument,
     connect_serving,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         help="refuse joint DBA when its estimated memory exceeds this (default: 0.75 of the "
         "memory available)",
     )
+    add_search_arguments(p.add_argument_group("search of the distractor index"))
     add_postprocessing_arguments(p)
     add_serving_arguments(p)
     args = p.parse_args(argv)
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             args.approx_k,
             post=post,
             serving=serving,
+            search=(args.nprobe, args.k_factor),
         )
         stem = os.path.basename(args.gnd).removeprefix("gnd_").removesuffix(".pkl")
         name = args.name or NAMES.get(stem, stem)
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         md = args.markdown or os.path.splitext(args.report)[0] + ".md"
         write_bytes_atomic(md, table.encode())
         print(table)
+        if "search" in report:
+            print(f"distractor search: {report['search']}")
         return 0
 
     return run_main(run)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         import numpy as np
 
-        from pipeline.index.query import search
+        from pipeline.index.query import describe_search, search
         from pipeline.index.query_image import describe_images
         from pipeline.index.serving import open_index
         from pipeline.io.descriptor_reader import read_descriptors
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 blocks.append(describe_images(index.manifest, args.image, args.weights))
             params = index.params.with_overrides(args.nprobe, args.k_factor)
             found = search(index, np.concatenate(blocks), args.k, options, params)
+            promise = describe_search(index, params)
         result = found.result
         where = f"{serving.actors} actors" if serving else "this process"
         for q, key in enumerate(names):
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 print(f"  {rank + 1:3d}  {score:.4f}  {printable(hit)}")
         print(f"post-processing: {'; '.join(found.applied) or 'none'}")
+        print(f"search: {promise}")
         return 0
 
     return run_main(run)

@@ -19,6 +19,7 @@ from pipeline.evaluate.postprocess import (
     resolve_whitening,
 )
 from pipeline.evaluate.protocol import KAPPAS, PROTOCOLS, evaluate_positions, protocol_ground_truth
+from pipeline.index.query import describe_search
 from pipeline.index.search import VersionIndex, resolve_version
 from pipeline.index.search_config import ServingConfig
 from pipeline.index.serving import open_index
@@ -52,13 +53,16 @@ def evaluate(
     approx_k: int = 1000,
     post: EvalPostProcessing | None = None,
     serving: ServingConfig | None = None,
+    search: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, Any]:
     """The report: easy/medium/hard -> mAP, mP@1/5/10 (fractions), with distractors when given,
     and the database-only figures under ``without_distractors``; ``post``: whitening, DBA, αQE
     and re-ranking (``pipeline.evaluate.postprocess``, joint DBA over database ∪ distractors
     included), listed under ``postprocessing``.
     ``serving``: the distractor index is searched by Ray actors (``pipeline.index.serving``)
-    instead of in this process."""
+    instead of in this process. ``search``: (nprobe, k_factor) overriding the distractor
+    version's defaults (its tuned setting, when its build tuned one); None keeps them. The
+    report's ``search`` says which setting ran and the recall the version promises with it."""
     post = post or EvalPostProcessing()
     truth = load_gnd(gnd_uri)
     q_keys, q_x, q_model = read_descriptors(queries)
@@ -78,6 +82,7 @@ def evaluate(
         check_joint_dba(manifest, len(x), post)
     with open_index(distractors, version, serving=serving) as index:
         index.check_queries(d_model, database)
+        index.params = index.params.with_overrides(*search)
         return _report(gnd, q, x, index, post, approx_k)
 
 
@@ -109,6 +114,7 @@ def _report(
         exact=exact,
         without_distractors=without,
         distractor_index_version=index.version,
+        search=describe_search(index, index.params),
     )
     if not exact:
         report["note"] = (

@@ -40,6 +40,22 @@ def applied_in_index(index: VersionIndex) -> list[str]:
     return steps
 
 
+def describe_search(index: VersionIndex, params: SearchParams) -> str:
+    """One line: the search setting used and the recall the version promises with it (the
+    recall its build measured when it tuned this setting, ``--target-recall``)."""
+    if index.exact:
+        return "exact search (Flat): recall 1"
+    setting = f"nprobe {params.nprobe}, k_factor {params.k_factor}"
+    tuning = index.manifest.tuning
+    if tuning is None:
+        return f"{setting}: no recall measured (build with --target-recall to tune and measure)"
+    if params == tuning.params:
+        return f"{setting} (the version's tuned default): {tuning.promise()}"
+    return (
+        f"{setting} (from the flags; recall not measured; the version's tuned {tuning.summary()})"
+    )
+
+
 def describe(opts: QueryOptions) -> list[str]:
     steps = []
     if opts.qe is not None:
