@@ -155,6 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before the first retry, doubling after (default 1)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
+    p.add_argument(
+        "--table",
+        choices=("delta", "none"),
+        default="delta",
+        help="delta (default): OUTPUT/descriptors/ and OUTPUT/errors/ are Delta tables listing "
+        "exactly the committed shards' files, for readers that never list the folder; none: "
+        "plain Parquet files and markers only",
+    )
+    p.add_argument(
+        "--register-every-shards",
+        type=int,
+        default=100,
+        help="register committed shards in the tables once this many are pending (default 100)",
+    )
+    p.add_argument(
+        "--register-every-s",
+        type=float,
+        default=30.0,
+        help="... or once the first pending one committed this many seconds ago (default 30)",
+    )
     add_cluster_arguments(p)
     return p
 
@@ -165,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         from pipeline.extract.driver import run_extraction
+        from pipeline.extract.registration import OutputTables
         from pipeline.extract.spec import ExtractionJob, ExtractionSpec
         from pipeline.runtime.cluster import connect
 
@@ -198,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
             start_timeout_s=args.start_timeout_s,
             restart_timeout_s=args.restart_timeout_s,
         )
+        tables = OutputTables(args.table, args.register_every_shards, args.register_every_s)
         connect(args.ray_address)
-        result = run_extraction(job)
+        result = run_extraction(job, tables=tables)
         print(result.summary())
         from pipeline.io.layout import failed_shards_uri
         from pipeline.io.redact import redact_text

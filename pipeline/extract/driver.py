@@ -1,6 +1,7 @@
 """The extraction driver: list shards, skip committed ones, run the rest on Ray actors (each
 holding ``shards_per_actor`` shards at a time), re-queue shards of dead actors, show progress
-in images as the actors work, record the job in ``_job.json``."""
+in images as the actors work, register committed shards in the output's tables in batches,
+record the job in ``_job.json``."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from pipeline.extract.actors import (
 )
 from pipeline.extract.failures import FailedShards
 from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
+from pipeline.extract.registration import OutputTables, ShardRegistrar
 from pipeline.extract.resume import final_totals, scan_output, trusted_totals
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
-from pipeline.io.layout import job_uri
+from pipeline.io.delta_log import has_table
+from pipeline.io.layout import descriptors_folder, job_uri
 from pipeline.io.redact import redact
 from pipeline.io.shards import list_shards, shard_id
 from pipeline.io.storage import WEIGHTS_STORE, write_json_atomic
@@ -139,13 +142,20 @@ def _without(fp: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in fp.items() if k not in keys}
 
 
-def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> JobResult:
+def run_extraction(
+    job: ExtractionJob,
+    lease_ttl_s: float = DEFAULT_TTL_S,
+    tables: OutputTables | None = None,
+) -> JobResult:
     """Run ``job`` on the connected Ray cluster; returns totals (failed shards included).
 
     A finished output is only read. Otherwise the run holds the output's lease while it
     works: a second run on the same output is refused, naming this one. What the output
     holds comes from listings of its markers (``pipeline.extract.resume``): before the lease
-    and again under it, with no request per shard."""
+    and again under it, with no request per shard. ``tables``: the output's tables (default:
+    Delta tables at ``descriptors/`` and ``errors/``), brought up to the markers under the
+    lease and kept there as shards commit (``pipeline.extract.registration``)."""
+    tables = tables or OutputTables()
     t0 = time.monotonic()
     shards = list_shards(job.input)
     weights = [] if job.spec.weights in (None, RANDOM, IMAGENET) else [job.spec.weights]
@@ -153,8 +163,15 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed, store=WEIGHTS_STORE)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
+    if tables.kind == "none" and has_table(descriptors_folder(job.output)):
+        raise ValueError(
+            f"{job.output} has Delta tables: --table none would leave them behind its "
+            "markers; pass --table delta"
+        )
+    dim = int(fp["glam_config"]["dim"])
     scan = scan_output(job.output, fp, shards)
-    if scan.previous is not None and len(scan.committed) == len(shards):
+    finished = scan.previous is not None and len(scan.committed) == len(shards)
+    if finished and ShardRegistrar(job.output, dim, tables).complete(scan.markers):
         result = JobResult(shards=len(shards), skipped=len(shards))
         result.wall_s = time.monotonic() - t0
         log.info("every shard is committed: nothing to do")
@@ -174,8 +191,12 @@ def run_extraction(job: ExtractionJob, lease_ttl_s: float = DEFAULT_TTL_S) -> Jo
         todo = [s for s in shards if shard_id(s) not in scan.committed]
         base = trusted_totals(scan.previous, scan.markers)
         run = _Run(len(shards), todo, fp, scan.previous is not None, scan.precisions, base)
+        registrar = ShardRegistrar(job.output, dim, tables)
+        registrar.create()
+        if not registrar.complete(scan.markers):
+            registrar.reconcile()
         del scan, shards
-        return _extract(job, run, lease, t0)
+        return _extract(job, run, lease, registrar, t0)
 
 
 @dataclass(frozen=True)
@@ -190,7 +211,9 @@ class _Run:
     base: ShardTotals | None  # the previous runs' totals (None: to be recounted)
 
 
-def _extract(job: ExtractionJob, run: _Run, lease: Lease, t0: float) -> JobResult:
+def _extract(
+    job: ExtractionJob, run: _Run, lease: Lease, registrar: ShardRegistrar, t0: float
+) -> JobResult:
     todo = run.todo
     result = JobResult(shards=run.shards, skipped=run.shards - len(todo))
     log.info("%d shards, %d already committed, %d to do", run.shards, result.skipped, len(todo))
@@ -216,13 +239,17 @@ def _extract(job: ExtractionJob, run: _Run, lease: Lease, t0: float) -> JobResul
                 record["workers"] = [w.record() for w in workers]
                 write_json_atomic(job_uri(job.output), redact(record))
                 record["actor_restarts"] = _run_shards(
-                    job, todo, result, actors, workers, board, lease
+                    job, todo, result, actors, workers, board, lease, registrar
                 )
             except KeyboardInterrupt:
                 # Ctrl-C: the record says so (not "running" for ever); committed shards stay.
                 # Its totals count only the results seen: the next run trusts them only if
                 # they account for every marker (shards in flight may have committed since).
                 record.update(status="interrupted", finished_at=now())
+                try:  # what committed is registered now, else by the next run's reconcile
+                    registrar.flush()
+                except Exception as e:
+                    log.warning("committed shards left to the next run to register: %s", e)
                 if run.base is not None:
                     record["totals"] = _totals(run.base.plus(result.totals), run.shards)
                 write_json_atomic(job_uri(job.output), redact(record))
@@ -230,6 +257,12 @@ def _extract(job: ExtractionJob, run: _Run, lease: Lease, t0: float) -> JobResul
             finally:
                 for actor in [*actors, board]:
                     ray.kill(actor, no_restart=True)
+        lease.check()
+        registrar.flush()
+        if result.failed_count:
+            # A shard the driver counted failed may have committed all the same (its actor
+            # died after the marker): the tables are brought to the markers.
+            registrar.reconcile()
         result.wall_s = time.monotonic() - t0
         if todo or not run.had_record:
             totals = final_totals(job.output, run.base, result.totals)
@@ -339,6 +372,7 @@ def _run_shards(
     workers: list[ActorInfo],
     board: Any,
     lease: Lease,
+    registrar: ShardRegistrar,
 ) -> int:
     """Process ``todo`` on ``actors``, counting each finished shard in ``result``; returns
     the actor restarts seen. Every actor holds up to ``shards_per_actor`` shards; idle actors
@@ -365,6 +399,8 @@ def _run_shards(
     def finish(stats: ShardStats) -> None:
         publish(stats)
         result.add(stats)
+        if stats.committed:
+            registrar.add(stats.shard, stats.source, stats.ok, stats.errors)
         progress.update(stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard)
 
     def settle(r: Recovery) -> None:
@@ -383,6 +419,8 @@ def _run_shards(
     try:
         while pending or in_flight or recovery.holding():
             lease.check()  # a run whose lease was taken over starts no more shards
+            if registrar.due():
+                registrar.flush()  # as the lease holder: just checked
             for r in recovery.expired():
                 settle(r)
             serving = recovery.serving()

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from jobs.extract import main as extract_main
-from pipeline.io.layout import job_uri, marker_uri
+from pipeline.io.layout import descriptors_folder, job_uri, marker_uri
 from pipeline.io.storage import read_json, write_bytes_atomic
 from tests.support.extraction import (
     IMAGE_SIZE,
@@ -23,6 +23,8 @@ from tests.support.extraction import (
 )
 from tests.support.s3_recording import recorded_requests
 
+from .test_registration import assert_tables_match_markers, table_names
+
 ARGS = ["--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--retry-backoff", "0"]
 
 
@@ -30,6 +32,7 @@ def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, cap
     output = shards[0].rsplit("/", 2)[0] + "/runs/r1"
     assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
     assert_exactly_once(output, 3)
+    assert_tables_match_markers(output)  # the Delta tables list the committed files, once
     job = read_json(job_uri(output))
     assert job["status"] == "succeeded" and job["totals"]["committed_shards"] == 3
     assert job["totals"]["ok"] == sum(len(expected_keys(s)[0]) for s in range(3))
@@ -144,6 +147,9 @@ def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp
     # committed meanwhile; the third was never handed out.
     assert 1 <= len(committed) <= 2 and not read_json(marker_uri(output, "000002"))
     assert read_json(job_uri(output))["status"] == "running"  # a hard crash cannot say more
+    # It died between the shard's commit and its registration (a batch is due every 100
+    # shards or 30 s): the table holds no file, and never one whose shard is not committed.
+    assert table_names(descriptors_folder(output)) == set()
     # Ctrl-C after this run's first commit: exit 130, and the record says it was interrupted.
     env["GLAM_FAILPOINTS"] += ";driver_interrupt_after_shards=1"
     interrupted = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -157,6 +163,7 @@ def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp
     done, skipped = map(int, re.search(r"(\d+) done, (\d+) skipped", rerun.stdout).groups())
     assert done + skipped == 3 and skipped >= 2
     assert_exactly_once(output, 3)
+    assert_tables_match_markers(output)  # reconciled: every committed shard once
     assert read_json(job_uri(output))["status"] == "succeeded"
 
 
