@@ -1,4 +1,5 @@
-"""The README's analyst snippets run against a real output, and DuckDB answers as documented."""
+"""The analyst guide's snippets (docs/analytics.md) run against a real output, and DuckDB answers
+as documented; every job command in the README and the guides parses with its job's parser."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def output(ray_local, tmp_path_factory) -> str:
     return out
 
 
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_snippets() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "analytics.md").read_text()
     return re.findall(r"<!-- snippet -->\n```python\n(.*?)```", text, flags=re.S)
 
 
@@ -37,7 +41,7 @@ def test_readme_snippets_run(output: str) -> None:
     assert len(snippets) == 3
     scope: dict = {"OUTPUT": output, "QUERY_KEY": QUERY_KEY}
     for code in snippets:
-        exec(compile(code, "README.md", "exec"), scope)
+        exec(compile(code, "docs/analytics.md", "exec"), scope)
     n_ok = sum(len(expected_keys(s)[0]) for s in range(3))
     assert sum(n for _, n in scope["per_shard"]) == n_ok
     assert scope["top5"][0][0] == QUERY_KEY and scope["top5"][0][1] == pytest.approx(1, abs=1e-5)
@@ -63,10 +67,11 @@ def test_fingerprint_is_in_the_parquet_metadata(output: str) -> None:
 
 
 def readme_commands() -> list[list[str]]:
-    """Every ``python …/jobs/<job>.py …`` command in the README's shell blocks."""
+    """Every ``python …/jobs/<job>.py …`` command in the shell blocks of the README and the
+    guides."""
     import shlex
 
-    text = (REPO / "README.md").read_text()
+    text = "\n".join(path.read_text() for path in DOCUMENTS)
     commands = []
     for lang, block in re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.S | re.M):
         if lang:  # python, sql, ...: not shell commands

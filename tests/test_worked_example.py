@@ -1,8 +1,8 @@
-"""The README's worked example, "from a downloaded cirtorch checkpoint to an evaluated index",
-on generated stand-ins (a cirtorch-layout ResNet18 with random weights, the revisitop
-miniature), with the same jobs: convert -> prepare -> extract -> learn whitening -> index with
-whitening and DBA -> evaluate with αQE and re-ranking -> search by image. Also the errors of
-search by image when the index's weights are not where the extraction read them."""
+"""The worked example of docs/retrieval_quality.md, "from a downloaded cirtorch checkpoint to an
+evaluated index", on generated stand-ins (a cirtorch-layout ResNet18 with random weights, the
+revisitop miniature), with the same jobs: convert -> prepare -> extract -> learn whitening ->
+index with whitening and DBA -> evaluate with αQE and re-ranking -> search by image. Also the
+errors of search by image when the index's weights are not where the extraction read them."""
 
 from __future__ import annotations
 
