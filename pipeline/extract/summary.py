@@ -1,7 +1,9 @@
 """A quick look at an extraction output through DuckDB: counts, errors, one descriptor's norm.
 
-Reads the Parquet with pyarrow over fsspec (so s3:// works without DuckDB's httpfs extension)
-and queries the Arrow tables in DuckDB.
+Reads the output's Delta tables (the committed shards' files, as of a version if asked; a
+folder without tables is read file by file) as Arrow datasets that DuckDB scans: only the
+columns a query needs are read, and a filter on the source skips the other shards' files by
+the tables' statistics. Over fsspec or delta-rs, so s3:// needs no DuckDB extension.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 import duckdb
 import pyarrow.dataset as pads
 
-from pipeline.io.storage import filesystem, join
+from pipeline.io.delta_log import folder_dataset
+from pipeline.io.layout import descriptors_folder, errors_folder
 
 
 @dataclass(frozen=True)
@@ -25,16 +28,21 @@ class OutputSummary:
     errors: dict[str, int]  # error rows by type
 
 
-def summarize(output: str) -> OutputSummary:
-    fs, path = filesystem(output)
-    descriptors = pads.dataset(join(path, "descriptors"), filesystem=fs, format="parquet")
-    errors = pads.dataset(join(path, "errors"), filesystem=fs, format="parquet")
-    table = descriptors.to_table()
-    dim = table.schema.field("descriptor").type.list_size  # 512 for the paper's GLAM
+def summarize(output: str, version: int | None = None, source: str | None = None) -> OutputSummary:
+    """The output's summary, at table ``version`` (None: the latest), of one ``source`` shard
+    URI as the files hold it (None: all)."""
+    descriptors = folder_dataset(descriptors_folder(output), version)
+    errors = folder_dataset(errors_folder(output), version)
+    if source is not None:
+        descriptors = descriptors.filter(pads.field("source") == source)
+        errors = errors.filter(pads.field("source") == source)
+    dim = getattr(descriptors.schema.field("descriptor").type, "list_size", 0)  # 512: GLAM
     con = duckdb.connect()
-    con.register("descriptors", table)
-    con.register("errors", errors.to_table())
+    con.register("descriptors", descriptors)
+    con.register("errors", errors)
     count, shards = _one(con, "SELECT count(*), count(DISTINCT source) FROM descriptors")
+    if dim <= 0:  # a table's schema says list<float>: the dim is the descriptors' length
+        (dim,) = _one(con, "SELECT len(descriptor) FROM descriptors LIMIT 1")
     key, norm = _one(
         con,
         f"SELECT key, sqrt(list_dot_product(descriptor::FLOAT[{dim}], descriptor::FLOAT[{dim}])) "

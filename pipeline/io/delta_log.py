@@ -107,6 +107,18 @@ def table_dataset(folder: str, version: int | None = None) -> pads.Dataset:
     return open_table(folder, version).to_pyarrow_dataset()
 
 
+def folder_dataset(folder: str, version: int | None = None) -> pads.Dataset:
+    """The Parquet files of ``folder`` as an Arrow dataset: through its Delta table when it
+    has one (the files the log lists at ``version``), else every Parquet file in it (a folder
+    written before tables, or with ``--table none``; no versions there)."""
+    if has_table(folder):
+        return table_dataset(folder, version)
+    if version is not None:
+        raise ValueError(f"{folder} holds no Delta table: it has no versions to read")
+    fs, path = filesystem(folder)
+    return pads.dataset(path, filesystem=fs, format="parquet")
+
+
 class DeltaFolder:
     """The Delta table of one folder of Parquet files, for its only writer: which files the
     log holds, and commits that add (or remove) files exactly once."""
