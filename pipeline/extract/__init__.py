@@ -13,6 +13,7 @@
 | ``recovery`` | failed actors waited for; deaths counted by real restarts |
 | ``resume`` | what an output holds, from one listing of its markers; totals to trust or recount |
 | ``failures`` | failed shards bounded: the first in full, a count, all in a Parquet file |
+| ``registration`` | committed shards into the output's Delta tables, in batches; reconcile |
 | ``driver`` | list, skip committed, start actors, schedule, re-queue, ``_job.json`` |
 | ``summary`` | an output read back through DuckDB |
 

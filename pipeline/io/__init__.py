@@ -10,4 +10,5 @@
 | ``layout`` | where an extraction output's files, markers and ``_job.json`` live; marker names |
 | ``descriptor_writer`` | the descriptor and error Parquet schemas, metadata, bytes |
 | ``descriptor_reader`` | committed descriptor files, one-model check, row-group streaming |
+| ``delta_log`` | Parquet files as a Delta table: registered exactly once, read by version |
 """

@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, RemoveAction, Transaction
@@ -100,11 +102,58 @@ def open_table(folder: str, version: int | None = None) -> DeltaTable:
         raise ValueError(f"{folder} holds no Delta table ({LOG_FOLDER}/)") from None
 
 
+def table_files(folder: str, version: int | None = None) -> list[TableFile]:
+    """The files of the table in ``folder`` at ``version`` (None: the latest), from its log
+    alone: names, sizes, modification times, rows and sources, with no listing and no request
+    per file. Sorted by name."""
+    actions = pa.table(open_table(folder, version).get_add_actions(flatten=True))
+    columns = set(actions.column_names)
+
+    def column(name: str, default: Any = None) -> list[Any]:
+        if name in columns:
+            return list(actions.column(name).to_pylist())
+        return [default] * actions.num_rows
+
+    mtimes = [_epoch_ms(m) for m in column("modification_time", 0)]
+    low, high = column("min.source"), column("max.source")
+    sources = [a if a is not None and a == b else None for a, b in zip(low, high, strict=True)]
+    files = [
+        TableFile(n, int(size), mtime, int(rows if rows is not None else -1), source)
+        for n, size, mtime, rows, source in zip(
+            column("path"),
+            column("size_bytes"),
+            mtimes,
+            column("num_records"),
+            sources,
+            strict=True,
+        )
+    ]
+    return sorted(files, key=lambda f: f.name)
+
+
 def table_dataset(folder: str, version: int | None = None) -> pads.Dataset:
-    """The table's files at ``version`` as an Arrow dataset (no listing: the log names them;
-    filters on ``source`` skip files by the log's statistics). DuckDB, pandas and Polars read
-    it directly."""
-    return open_table(folder, version).to_pyarrow_dataset()
+    """The table's files at ``version`` as an Arrow dataset that DuckDB, pandas and Polars
+    read: built from the log (no listing, each file's size given, so no request per file
+    before its data is read), the schema and metadata of the first file's footer (descriptors
+    as fixed-size lists), each file guaranteed to hold its one ``source`` so that a filter on
+    the source skips every other file."""
+    files = table_files(folder, version)
+    fs, path = filesystem(folder)
+    arrow_fs = pafs.LocalFileSystem() if is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    fmt = pads.ParquetFileFormat()
+    if not files:
+        schema = pa.schema(open_table(folder, version).schema().to_arrow())
+        return pads.FileSystemDataset([], schema, fmt, arrow_fs)
+    paths = [join(path, f.name) for f in files]
+    with fs.open(paths[0], "rb") as first:
+        schema = pq.read_schema(first)
+    fragments = []
+    for p, f in zip(paths, files, strict=True):
+        where: dict[str, Any] = {"file_size": f.size}
+        if f.source is not None:
+            where["partition_expression"] = pads.field("source") == f.source
+        fragments.append(fmt.make_fragment(p, arrow_fs, **where))
+    return pads.FileSystemDataset(fragments, schema, fmt, arrow_fs)
 
 
 def folder_dataset(folder: str, version: int | None = None) -> pads.Dataset:
@@ -159,7 +208,7 @@ class DeltaFolder:
         return self._names
 
     def _read_names(self, table: DeltaTable) -> None:
-        self._names = set(table.get_add_actions(flatten=True).column("path").to_pylist())
+        self._names = set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
         self._version = table.version()
 
     def register(self, files: Sequence[TableFile], remove: Iterable[str] = ()) -> int:
@@ -222,6 +271,13 @@ def file_sizes(folder: str, names: Sequence[str]) -> list[tuple[int, int]]:
     else:
         infos = [fs.info(p) for p in paths]
     return [(int(i["size"]), _modified_ms(i)) for i in infos]
+
+
+def _epoch_ms(value: Any) -> int:
+    """A log's modification time (ms since the epoch, or a timestamp) in ms."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value or 0)
 
 
 def _modified_ms(info: dict[str, Any]) -> int:
