@@ -8,8 +8,9 @@ know; the same factory and setting give 0.97 on one collection and 0.74 on anoth
 
 The sweep walks a staircase: for each k_factor (ascending) the smallest nprobe (powers of two
 up to nlist) whose recall meets the target, starting from the previous k_factor's nprobe,
-since a larger k_factor needs no more cells. It stops a k_factor once recall stops rising and
-stops altogether once a larger k_factor cannot be cheaper than the best found. "Cheap" is a
+since a larger k_factor needs no more cells. It leaves a k_factor once more cells would not
+get it to the target (its last doubling's gain, repeated up to nlist, falls short) and stops
+altogether once a larger k_factor cannot be cheaper than the best found. "Cheap" is a
 fixed cost model (``CostModel``), not the measured time, so that the choice is the same for a
 seed on any machine; the measured time per query is recorded beside it.
 """
@@ -176,9 +177,17 @@ class _Sweep:
             j += 1
             if self.meets(j, kf):
                 return j
-            if self.point(j, kf).recall_at_k - before < SATURATED:
-                break  # more cells no longer help at this k_factor
+            now = self.point(j, kf).recall_at_k
+            # NOTE: not in the issue: recall grows ever slower with each doubling of nprobe, so
+            # this doubling's gain, repeated up to nlist, bounds what this k_factor can reach.
+            if now - before < SATURATED or now + (now - before) * self.doublings_left(j) < (
+                self.target.recall
+            ):
+                break  # more cells will not get this k_factor there: a larger one may
         return j
+
+    def doublings_left(self, j: int) -> int:
+        return len(self.nprobes) - 1 - j
 
     def run(self) -> None:
         j = 0
@@ -186,6 +195,8 @@ class _Sweep:
             if not self.cheaper(0, kf):
                 break  # a larger k_factor cannot be cheaper than the best found
             j = self.lowest(kf, min(j, len(self.nprobes) - 1))
+        if self.best is None:  # short of the target: what the dearest setting reaches
+            self.meets(len(self.nprobes) - 1, self.k_factors[-1])
 
 
 def suggest_factory(factory: str, dim: int) -> str:
