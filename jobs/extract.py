@@ -157,11 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of random weights (default 0)")
     p.add_argument(
         "--table",
-        choices=("delta", "none"),
+        choices=("delta", "iceberg", "none"),
         default="delta",
         help="delta (default): OUTPUT/descriptors/ and OUTPUT/errors/ are Delta tables listing "
-        "exactly the committed shards' files, for readers that never list the folder; none: "
-        "plain Parquet files and markers only",
+        "exactly the committed shards' files, for readers that never list the folder; "
+        "iceberg: the same files registered in Iceberg tables of --catalog; none: plain "
+        "Parquet files and markers only",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="with --table iceberg: the catalog, a SQLAlchemy URI (sqlite:///catalog.db), a "
+        "REST catalog's http(s):// URI, or glue",
+    )
+    p.add_argument(
+        "--iceberg-table",
+        default="glam.descriptors",
+        help="with --table iceberg: the descriptor table's namespace.name; the error rows go "
+        "to name_errors (default glam.descriptors)",
     )
     p.add_argument(
         "--register-every-shards",
@@ -219,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
             start_timeout_s=args.start_timeout_s,
             restart_timeout_s=args.restart_timeout_s,
         )
-        tables = OutputTables(args.table, args.register_every_shards, args.register_every_s)
+        tables = OutputTables(
+            args.table,
+            args.register_every_shards,
+            args.register_every_s,
+            args.catalog,
+            args.iceberg_table,
+        )
         connect(args.ray_address)
         result = run_extraction(job, tables=tables)
         print(result.summary())

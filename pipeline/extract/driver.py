@@ -163,10 +163,10 @@ def run_extraction(
     model = build_glam(weights=job.spec.weights, seed=job.spec.seed, store=WEIGHTS_STORE)
     fp = fingerprint(job.spec, model.config.to_dict(), model.weights_sha256)
     del model
-    if tables.kind == "none" and has_table(descriptors_folder(job.output)):
+    if tables.kind != "delta" and has_table(descriptors_folder(job.output)):
         raise ValueError(
-            f"{job.output} has Delta tables: --table none would leave them behind its "
-            "markers; pass --table delta"
+            f"{job.output} has Delta tables: --table {tables.kind} would leave them behind "
+            "its markers; pass --table delta"
         )
     dim = int(fp["glam_config"]["dim"])
     scan = scan_output(job.output, fp, shards)

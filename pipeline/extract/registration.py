@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pipeline.io.delta_log import DeltaFolder, TableFile, file_sizes
 from pipeline.io.descriptor_writer import ERROR_SCHEMA, descriptor_schema
+from pipeline.io.iceberg_table import IcebergFolder
 from pipeline.io.layout import (
     descriptors_folder,
     errors_folder,
@@ -35,8 +36,8 @@ from pipeline.runtime import failpoints
 
 log = logging.getLogger(__name__)
 
-TableKind = Literal["delta", "none"]
-TABLE_KINDS = ("delta", "none")
+TableKind = Literal["delta", "iceberg", "none"]
+TABLE_KINDS = ("delta", "iceberg", "none")
 MARKER_BATCH = 1000  # markers read per request batch by a reconcile
 
 
@@ -47,10 +48,15 @@ class OutputTables:
     kind: TableKind = "delta"
     every_shards: int = 100  # register once this many shards committed unregistered ...
     every_s: float = 30.0  # ... or the first of them committed this long ago
+    catalog: str | None = None  # iceberg: the catalog's URI (pipeline.io.iceberg_table)
+    # iceberg: the descriptor table's namespace.name (errors: name + "_errors")
+    iceberg_table: str = "glam.descriptors"
 
     def __post_init__(self) -> None:
         if self.kind not in TABLE_KINDS:
             raise ValueError(f"table must be one of {', '.join(TABLE_KINDS)}, got {self.kind!r}")
+        if (self.kind == "iceberg") != (self.catalog is not None):
+            raise ValueError("--table iceberg needs --catalog URI, and --catalog needs it")
         if self.every_shards <= 0 or self.every_s < 0:
             raise ValueError("registration batches need a positive shard count and seconds >= 0")
 
@@ -79,10 +85,23 @@ class ShardRegistrar:
     _batches: int = 0
 
     def __post_init__(self) -> None:
-        self._descriptors = DeltaFolder(
-            descriptors_folder(self.output), descriptor_schema(self.dim)
-        )
-        self._errors = DeltaFolder(errors_folder(self.output), ERROR_SCHEMA)
+        folders = (descriptors_folder(self.output), errors_folder(self.output))
+        schemas = (descriptor_schema(self.dim), ERROR_SCHEMA)
+        self._descriptors: DeltaFolder | IcebergFolder
+        self._errors: DeltaFolder | IcebergFolder
+        if self.tables.kind == "iceberg":
+            assert self.tables.catalog is not None
+            name = self.tables.iceberg_table
+            names = (name, f"{name}_errors")
+            self._descriptors, self._errors = (
+                IcebergFolder(
+                    self.tables.catalog, n, f, join(self.output, "_iceberg", n.split(".")[1]), s
+                )
+                for n, f, s in zip(names, folders, schemas, strict=True)
+            )
+        else:
+            self._descriptors = DeltaFolder(folders[0], schemas[0])
+            self._errors = DeltaFolder(folders[1], schemas[1])
 
     @property
     def enabled(self) -> bool:

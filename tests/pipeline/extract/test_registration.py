@@ -78,8 +78,10 @@ def test_batches_by_count_and_by_age() -> None:
     registrar.add("000002", "c.tar", 1, 0)
     now[0] = 0.0
     assert registrar.due()  # three pending
-    with pytest.raises(ValueError, match="table must be one of delta, none"):
+    with pytest.raises(ValueError, match="table must be one of delta, iceberg, none"):
         OutputTables("parquet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--table iceberg needs --catalog URI"):
+        OutputTables("iceberg")
 
 
 def test_a_crash_between_commit_and_registration_is_reconciled_exactly_once(output) -> None:
@@ -170,3 +172,32 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     from tests.support.paths import REPO
 
     return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+def test_iceberg_tables_hold_each_committed_shard_once_after_a_crash(tmp_path) -> None:
+    """--table iceberg on a SQL catalog (SQLite): the same rule, through add_files."""
+    from pipeline.io.iceberg_table import open_catalog
+
+    output, catalog = str(tmp_path / "out"), f"sqlite:///{tmp_path}/catalog.db"
+    tables = OutputTables("iceberg", 2, catalog=catalog, iceberg_table="glam.r1")
+    registrar = ShardRegistrar(output, DIM, tables)
+    registrar.create()
+    for i in range(2):
+        registrar.add(*write_shard(output, i), ROWS, 1)
+    registrar.flush()
+    registrar.add(*write_shard(output, 2), ROWS, 1)  # committed; the driver dies here
+    write_shard(output, 3, commit=False)  # files without a marker: not committed
+    del registrar
+    again = ShardRegistrar(output, DIM, tables)
+    assert not again.complete(3) and again.reconcile() == 1 and again.complete(3)
+    assert again.reconcile() == 0
+    table = open_catalog(catalog).load_table("glam.r1")
+    paths = table.inspect.files()["file_path"].to_pylist()
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == [f"part-{i:06d}.parquet" for i in range(3)]
+    one = table.scan(row_filter="source == 's3://in/shards/000001.tar'").to_arrow()
+    assert sorted(one["key"].to_pylist()) == [f"s1_{j}" for j in range(ROWS)]
+    first = table.snapshots()[0].snapshot_id  # time travel: the first batch, as it was
+    assert table.scan(snapshot_id=first).to_arrow().num_rows == 2 * ROWS
+    errors = open_catalog(catalog).load_table("glam.r1_errors").scan().to_arrow()
+    assert sorted(errors["key"].to_pylist()) == ["s0_bad", "s1_bad", "s2_bad"]
+    assert not (tmp_path / "out" / "descriptors" / "metadata").exists()  # beside, not inside
