@@ -159,34 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--table",
         choices=("delta", "iceberg", "none"),
         default="delta",
-        help="delta (default): OUTPUT/descriptors/ and OUTPUT/errors/ are Delta tables listing "
-        "exactly the committed shards' files, for readers that never list the folder; "
-        "iceberg: the same files registered in Iceberg tables of --catalog; none: plain "
-        "Parquet files and markers only",
+        help="delta (default): OUTPUT/descriptors/ and OUTPUT/errors/ are Delta tables of "
+        "exactly the committed shards' files (docs/tables.md); iceberg: the same files in "
+        "Iceberg tables of --catalog; none: Parquet files and markers only",
     )
     p.add_argument(
         "--catalog",
-        default=None,
-        help="with --table iceberg: the catalog, a SQLAlchemy URI (sqlite:///catalog.db), a "
-        "REST catalog's http(s):// URI, or glue",
+        help="--table iceberg's catalog: sqlite:///catalog.db (any SQLAlchemy URI), a REST "
+        "catalog's http(s):// URI, or glue",
     )
     p.add_argument(
         "--iceberg-table",
         default="glam.descriptors",
-        help="with --table iceberg: the descriptor table's namespace.name; the error rows go "
-        "to name_errors (default glam.descriptors)",
+        help="--table iceberg: namespace.name of the descriptor table (errors: name_errors)",
     )
     p.add_argument(
-        "--register-every-shards",
-        type=int,
-        default=100,
-        help="register committed shards in the tables once this many are pending (default 100)",
-    )
-    p.add_argument(
-        "--register-every-s",
-        type=float,
-        default=30.0,
-        help="... or once the first pending one committed this many seconds ago (default 30)",
+        "--register-every",
+        type=float_list,
+        default=(100, 30),
+        help="N,S: register committed shards in the tables once N are pending or the first "
+        "of them committed S seconds ago, and at the end (default 100,30)",
     )
     add_cluster_arguments(p)
     return p
@@ -232,12 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             start_timeout_s=args.start_timeout_s,
             restart_timeout_s=args.restart_timeout_s,
         )
+        every_shards, every_s = (*args.register_every, 30.0)[:2]
         tables = OutputTables(
-            args.table,
-            args.register_every_shards,
-            args.register_every_s,
-            args.catalog,
-            args.iceberg_table,
+            args.table, int(every_shards), every_s, args.catalog, args.iceberg_table
         )
         connect(args.ray_address)
         result = run_extraction(job, tables=tables)
