@@ -116,7 +116,10 @@ def tune(args: argparse.Namespace, work: str) -> None:
         desc, out = join(work, distribution, "desc"), join(work, distribution, "index")
         write_files(desc, x, args.files)
         base = IndexBuildConfig(
-            factory=args.factory, shards=args.shards, max_index_memory=args.max_index_memory
+            factory=args.factory,
+            shards=args.shards,
+            max_index_memory=args.max_index_memory,
+            flat_below=args.flat_below,
         )
         t = time.perf_counter()
         build_index(desc, out, base)
@@ -126,6 +129,7 @@ def tune(args: argparse.Namespace, work: str) -> None:
                 factory=args.factory,
                 shards=args.shards,
                 max_index_memory=args.max_index_memory,
+                flat_below=args.flat_below,
                 target=RecallTarget(r, K, args.queries),
             )
             result = build_index(desc, out, cfg)
@@ -184,6 +188,9 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=2)
     p.add_argument("--factory", default="auto")
     p.add_argument("--max-index-memory", type=int, default=None)
+    p.add_argument(
+        "--flat-below", type=int, default=0, help="auto's Flat threshold (0: always an IVF)"
+    )
     p.add_argument("--queries", type=int, default=300, help="the tuner's held-out queries")
     p.add_argument("--targets", type=float, nargs="+", default=[0.9, 0.95, 0.99])
     p.add_argument("--distributions", nargs="+", default=["graded", "flat"])

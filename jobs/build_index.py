@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="with --factory auto: a Flat (exact) index below N vectors (the measured "
-        "crossover, docs/index_tuning.md)",
+        help="with --factory auto: a Flat (exact) index below N vectors (500000: the "
+        "measured crossover, docs/index_tuning.md)",
     )
     tune = p.add_argument_group("search tuning on the version's own data")
     tune.add_argument(

@@ -31,9 +31,13 @@ MIN_TRAIN_PER_CELL = 39  # FAISS's k-means warns below this many training points
 class FactoryPolicy:
     """How ``auto`` chooses; the defaults are the measured ones (BENCHMARKS.md)."""
 
-    # Below this many vectors a Flat index searches as fast as a tuned IVF at recall 0.95
-    # (measured: bench/bench_tuning.py --part crossover) and is exact: Flat.
-    flat_below: int = 50_000
+    # Below this many vectors a Flat index searches as fast as a tuned IVF at recall@100 0.95,
+    # and is exact: Flat. Measured (BENCHMARKS.md, "Search tuned to a recall target"): at 1M
+    # the tuned IVF takes 0.49x exact search's time, at 200k 3.5x; a tuned IVF's time is
+    # mostly its re-scored cut (~2.9 ms a query at k_factor 16, whatever N) plus a scan that
+    # grows with N (~0.5 ms at 1M), exact search ~7 ms per 1M vectors: equal near 450k,
+    # rounded up to 500k (on the Flat side: exact, and nothing to train).
+    flat_below: int = 500_000
     max_bytes: int | None = None  # --max-index-memory; None: no budget
     nlist_per_sqrt_n: float = 4.0
     # (refinement suffix, its bytes per dimension), best first; "" is none.
