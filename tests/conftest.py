@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES, write_shards
+from tests.support.extraction import write_tiny_weights
 from tests.support.ray_head import RayHead, start_ray_head
 
 # Under pytest-xdist each worker has its own temp dir, so that what Ray records there (the
@@ -119,6 +120,13 @@ def ray_head(s3_endpoint: str) -> Iterator[RayHead]:
     """`ray start --head --num-gpus 2` on a CPU box (fake GPUs), with the dashboard."""
     with start_ray_head(dict(os.environ), num_gpus=2) as head:
         yield head
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A local ResNet18-GLAM checkpoint (``tests.support.extraction.TINY_GLAM``) for the
+    extraction tests: ``--weights`` for every run whose model size does not matter."""
+    return write_tiny_weights(str(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 @pytest.fixture

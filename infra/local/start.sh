@@ -19,10 +19,17 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=local \
 echo $! >"$STATE_DIR/moto.pid"
 
 # Stopped by SIGTERM (stop.sh): no 30 s drain, which only serves Ray Serve replicas.
-RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 PATH="$PWD/$VENV/bin:$PATH" setsid "$VENV/bin/ray" start --head --block \
-    --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
-    --num-cpus="$(nproc)" --disable-usage-stats >"$STATE_DIR/ray.log" 2>&1 &
-echo $! >"$STATE_DIR/ray.pid"
+start_ray() {
+    RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 PATH="$PWD/$VENV/bin:$PATH" setsid "$VENV/bin/ray" start --head --block \
+        --port="$RAY_PORT" --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
+        --num-cpus="$(nproc)" --disable-usage-stats >>"$STATE_DIR/ray.log" 2>&1 &
+    echo $! >"$STATE_DIR/ray.pid"
+}
+: >"$STATE_DIR/ray.log"
+start_ray
+# Ray gives its raylet a fixed 30 s to register: on a loaded machine the head can exit while
+# starting ("The current node timed out during startup"). It is started again, twice at most.
+RAY_STARTS=1
 
 cat >"$STATE_DIR/env" <<ENV
 export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local
@@ -33,18 +40,25 @@ ENV
 up() { "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$1" >/dev/null 2>&1; }
 
 # Wait until both answer (or one has died).
-for _ in $(seq 1 300); do
+for _ in $(seq 1 600); do
     s3=0; dash=0
     up "http://127.0.0.1:$S3_PORT/" && s3=1
     up "http://127.0.0.1:$DASHBOARD_PORT/api/version" && dash=1
     if [ $s3 = 1 ] && [ $dash = 1 ]; then
-        "$VENV/bin/python" -c 'import sys; from pipeline.runtime.cluster import wait_for_job_submission as w; w(sys.argv[1])' \
+        "$VENV/bin/python" -c 'import sys; from pipeline.runtime.cluster import wait_for_job_submission as w; w(sys.argv[1], timeout_s=600)' \
             "http://127.0.0.1:$DASHBOARD_PORT"
         echo "local stack up: S3 $AWS_ENDPOINT_URL, Ray dashboard http://127.0.0.1:$DASHBOARD_PORT"
         exit 0
     fi
     kill -0 "$(cat "$STATE_DIR/moto.pid")" 2>/dev/null || { echo "moto server died: $STATE_DIR/moto.log" >&2; exit 1; }
-    kill -0 "$(cat "$STATE_DIR/ray.pid")" 2>/dev/null || { echo "ray head died: $STATE_DIR/ray.log" >&2; exit 1; }
+    if ! kill -0 "$(cat "$STATE_DIR/ray.pid")" 2>/dev/null; then
+        if [ "$RAY_STARTS" -ge 3 ]; then
+            echo "ray head died while starting, $RAY_STARTS times: $STATE_DIR/ray.log" >&2; exit 1
+        fi
+        echo "ray head died while starting (see $STATE_DIR/ray.log): starting it again" >&2
+        RAY_STARTS=$((RAY_STARTS + 1))
+        start_ray
+    fi
     sleep 0.5
 done
 echo "local stack did not come up in time" >&2

@@ -6,12 +6,23 @@ import sys
 
 import pyarrow.dataset as ds
 
+from glam import GlamConfig, build_glam, save_checkpoint
 from pipeline.datasets.synthetic import BAD_KINDS, ODD_MODES
-from pipeline.io.storage import filesystem
+from pipeline.io.storage import WEIGHTS_STORE, filesystem
 
 from .paths import REPO
 
 IMAGE_SIZE = 64
+# The extraction tests' model: what they show (scheduling, commits, recovery, records) does not
+# depend on its size, and ResNet18-GLAM at 64 channels costs a fraction of ResNet101-GLAM to
+# build, to hash and to run in every driver and actor.
+TINY_GLAM = GlamConfig(backbone="resnet18", dim=64, reduced_channels=64)
+
+
+def write_tiny_weights(path: str) -> str:
+    """A seeded random ResNet18-GLAM checkpoint at ``path`` (a local file); returns ``path``."""
+    save_checkpoint(build_glam("random", TINY_GLAM, seed=0), path, store=WEIGHTS_STORE)
+    return path
 
 
 def shard_pattern(shard_uris: list[str]) -> str:

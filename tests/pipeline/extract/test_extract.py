@@ -28,9 +28,15 @@ from .test_registration import assert_tables_match_markers, table_names
 ARGS = ["--image-size", str(IMAGE_SIZE), "--batch-size", "4", "--retry-backoff", "0"]
 
 
-def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, capsys) -> None:
+@pytest.fixture
+def flags(tiny_weights: str) -> list[str]:
+    """The tests' flags: their image size, small batches, no retry wait, the small model."""
+    return [*ARGS, "--weights", tiny_weights]
+
+
+def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, capsys, flags) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/r1"
-    assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+    assert extract_main(["--input", shard_pattern(shards), "--output", output, *flags]) == 0
     assert_exactly_once(output, 3)
     assert_tables_match_markers(output)  # the Delta tables list the committed files, once
     job = read_json(job_uri(output))
@@ -45,7 +51,7 @@ def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, cap
     before = output_listing(output)
     capsys.readouterr()
     with recorded_requests(os.environ["AWS_ENDPOINT_URL"]) as requests:
-        assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+        assert extract_main(["--input", shard_pattern(shards), "--output", output, *flags]) == 0
     assert "0 done, 3 skipped" in capsys.readouterr().out
     assert output_listing(output) == before
     bucket = output.removeprefix("s3://").split("/", 1)[0]  # not another test's leftover worker
@@ -54,7 +60,7 @@ def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, cap
     assert ours and not writes, writes
 
     # A different configuration is refused with one line, and nothing is written.
-    args = ["--input", shard_pattern(shards), "--output", output, "--image-size", "80"]
+    args = ["--input", shard_pattern(shards), "--output", output, *flags, "--image-size", "80"]
     assert extract_main(args) == 1
     err = capsys.readouterr().err
     assert "different model or configuration" in err and "image_size" in err
@@ -66,7 +72,7 @@ def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, cap
     resolved = job["fingerprint"]["precision"]
     assert job["config"]["precision"] == "auto" and resolved in ("fp32", "bf16")
     assert {w["precision"] for w in job["workers"]} == {resolved}
-    base = ["--input", shard_pattern(shards), "--output", output, *ARGS]
+    base = ["--input", shard_pattern(shards), "--output", output, *flags]
     other = "fp32" if resolved == "bf16" else "bf16"
     assert extract_main([*base, "--precision", other]) == 1
     assert "differs in: precision" in capsys.readouterr().err
@@ -76,7 +82,7 @@ def test_extract_end_to_end_then_idempotent_then_mismatch(ray_local, shards, cap
 
 
 def test_actor_killed_mid_shard_is_restarted_slowly_waited_for_and_the_shard_requeued(
-    ray_local, shards, tmp_path, monkeypatch, caplog
+    ray_local, shards, tmp_path, monkeypatch, caplog, flags
 ) -> None:
     """An actor crashes mid-shard; restarted, it sleeps 10 s before it loads the model: far
     longer than any retry pacing, so every call sent meanwhile would fail. One crash is one
@@ -85,7 +91,7 @@ def test_actor_killed_mid_shard_is_restarted_slowly_waited_for_and_the_shard_req
     output = shards[0].rsplit("/", 2)[0] + "/runs/slow-restart"
     monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_in_shard=000000;actor_restart_delay_s=10")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
-    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *ARGS]
+    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *flags]
     with caplog.at_level(logging.INFO):
         assert extract_main(args) == 0
     assert (tmp_path / "actor_crash_in_shard-000000.fired").exists()
@@ -96,12 +102,12 @@ def test_actor_killed_mid_shard_is_restarted_slowly_waited_for_and_the_shard_req
 
 
 def test_a_shard_that_kills_every_actor_fails_with_the_cause_and_the_others_complete(
-    ray_local, shards, tmp_path, monkeypatch, capsys
+    ray_local, shards, tmp_path, monkeypatch, capsys, flags
 ) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/poison"
     monkeypatch.setenv("GLAM_FAILPOINTS", "actor_crash_always_in_shard=000001")
     monkeypatch.setenv("GLAM_FAILPOINT_DIR", str(tmp_path))
-    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *ARGS]
+    args = ["--input", shard_pattern(shards), "--output", output, "--actors", "1", *flags]
     assert extract_main([*args, "--max-shard-restarts", "1"]) == 1
     err = capsys.readouterr().err
     # The first death hits both shards the actor held: each is then run alone, so the bystander
@@ -117,12 +123,12 @@ def test_a_shard_that_kills_every_actor_fails_with_the_cause_and_the_others_comp
 
 
 def test_gpu_actors_on_a_cluster_without_gpus_fail_naming_the_shortfall(
-    ray_local, shards, capsys, caplog
+    ray_local, shards, capsys, caplog, flags
 ) -> None:
     """--device gpu on a GPU-less cluster: said at once, and an error once the start timeout
     is over (no GPU can ever come, so the outcome does not depend on the timeout's length)."""
     output = shards[0].rsplit("/", 2)[0] + "/runs/no-gpu"
-    args = ["--input", shard_pattern(shards), "--output", output, *ARGS]
+    args = ["--input", shard_pattern(shards), "--output", output, *flags]
     args += ["--device", "gpu", "--actors", "1", "--start-timeout-s", "1"]
     with caplog.at_level(logging.WARNING):
         assert extract_main(args) == 1
@@ -132,9 +138,11 @@ def test_gpu_actors_on_a_cluster_without_gpus_fail_naming_the_shortfall(
     assert "use --device cpu" in err and "Traceback" not in err
 
 
-def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp_path) -> None:
+def test_driver_killed_mid_job_then_rerun_is_exactly_once(
+    ray_local, shards, tmp_path, flags
+) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/driver"
-    cmd = extract_command(shards, output, "--ray-address", ray_local, "--actors", "1", *ARGS[2:])
+    cmd = extract_command(shards, output, "--ray-address", ray_local, "--actors", "1", *flags[2:])
     env = {
         **os.environ,
         "GLAM_FAILPOINTS": "driver_exit_after_shards=1",
@@ -167,11 +175,11 @@ def test_driver_killed_mid_job_then_rerun_is_exactly_once(ray_local, shards, tmp
     assert read_json(job_uri(output))["status"] == "succeeded"
 
 
-def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, capsys) -> None:
+def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, capsys, flags) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/partial"
     folder = shards[0].rsplit("/", 1)[0]
     pattern = f"{folder}/{{000000..000003}}.tar"  # 000003 does not exist
-    args = ["--input", pattern, "--output", output, "--shard-attempts", "2", *ARGS]
+    args = ["--input", pattern, "--output", output, "--shard-attempts", "2", *flags]
     assert extract_main(args) == 1
     assert "failed shard: " in capsys.readouterr().err
     job = read_json(job_uri(output))
@@ -180,14 +188,16 @@ def test_failed_shard_is_reported_and_the_others_complete(ray_local, shards, cap
     assert_exactly_once(output, 3)
 
 
-def test_two_extractions_started_together_end_done_or_refused(ray_local, shards) -> None:
+def test_two_extractions_started_together_end_done_or_refused(ray_local, shards, flags) -> None:
     """Two runs with different configurations on one output: one finishes, the other is
     refused (by the lease while the first runs, or by the fingerprint after it); the output
     holds one configuration's descriptors, exactly once."""
     output = shards[0].rsplit("/", 2)[0] + "/runs/together"
     runs = [
         subprocess.Popen(
-            extract_command(shards, output, "--ray-address", ray_local, "--image-size", size),
+            extract_command(
+                shards, output, "--ray-address", ray_local, *flags, "--image-size", size
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -211,20 +221,20 @@ def test_two_extractions_started_together_end_done_or_refused(ray_local, shards)
 
 
 def test_a_configuration_that_committed_nothing_does_not_bind_the_output(
-    ray_local, shards, capsys, caplog
+    ray_local, shards, capsys, caplog, flags
 ) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/unbound"
     garbage = shards[0].rsplit("/", 1)[0] + "/000009.tar"
     write_bytes_atomic(garbage, b"not a tar file " * 100)  # its shard fails: nothing commits
-    args = ["--output", output, "--shard-attempts", "1", "--retry-backoff", "0"]
-    assert extract_main(["--input", garbage, *args, "--image-size", "80"]) == 1
+    args = ["--output", output, *flags, "--shard-attempts", "1", "--image-size", "80"]
+    assert extract_main(["--input", garbage, *args]) == 1
     assert read_json(job_uri(output))["fingerprint"]["image_size"] == 80  # committed nothing
     with caplog.at_level(logging.WARNING, logger="pipeline.extract.driver"):
-        assert extract_main(["--input", shard_pattern(shards), "--output", output, *ARGS]) == 0
+        assert extract_main(["--input", shard_pattern(shards), "--output", output, *flags]) == 0
     assert "(differs in: image_size) committed no shard; this run's replaces it" in caplog.text
     assert_exactly_once(output, 3)
     # Now the output is bound: the first configuration is refused.
-    again = ["--input", shard_pattern(shards), "--output", output, "--image-size", "80"]
+    again = ["--input", shard_pattern(shards), "--output", output, *flags, "--image-size", "80"]
     assert extract_main(again) == 1
     assert "different model or configuration" in capsys.readouterr().err
 

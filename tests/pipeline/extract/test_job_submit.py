@@ -19,7 +19,7 @@ from tests.support.paths import VENV_BIN
 from tests.support.waiting import wait_until
 
 
-def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
+def test_ray_job_submit_on_fake_gpus(ray_head, shards, tiny_weights) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/submitted"
     submission = f"extract-{uuid.uuid4().hex[:8]}"
     ray = str(VENV_BIN / "ray")
@@ -33,7 +33,7 @@ def test_ray_job_submit_on_fake_gpus(ray_head, shards) -> None:
             "--submission-id",
             submission,
             "--",
-            *extract_command(shards, output, "--batch-size", "4"),
+            *extract_command(shards, output, "--batch-size", "4", "--weights", tiny_weights),
         ],
         capture_output=True,
         text=True,

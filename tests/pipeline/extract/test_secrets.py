@@ -32,7 +32,7 @@ def test_redaction_masks_userinfo_secret_keys_and_env_values(monkeypatch) -> Non
     assert RedactingFilter().filter(record) and SECRET not in record.getMessage()
 
 
-def test_a_run_leaves_no_credentials_behind(s3_endpoint, shards, tmp_path) -> None:
+def test_a_run_leaves_no_credentials_behind(s3_endpoint, shards, tmp_path, tiny_weights) -> None:
     output = shards[0].rsplit("/", 2)[0] + "/runs/secrets"
     env = {
         **os.environ,
@@ -41,7 +41,9 @@ def test_a_run_leaves_no_credentials_behind(s3_endpoint, shards, tmp_path) -> No
         "AWS_SESSION_TOKEN": TOKEN,
         "GLAM_STORAGE_OPTIONS": json.dumps({"key": KEY_ID, "secret": SECRET, "token": TOKEN}),
     }
-    cmd = extract_command(shards, output, "-v", "--shard-attempts", "1", "--actors", "1")
+    cmd = extract_command(
+        shards, output, "-v", "--shard-attempts", "1", "--actors", "1", "--weights", tiny_weights
+    )
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     logs = run.stdout + run.stderr
