@@ -71,3 +71,19 @@ def test_the_documented_snippets_answer_as_documented(output: str) -> None:
     assert scope["X"].shape == (3 * IMAGES, DIM)
     np.testing.assert_allclose(np.linalg.norm(scope["X"], axis=1), 1, rtol=1e-5)
     assert scope["one_shard"].num_rows == IMAGES
+
+
+def test_the_documented_iceberg_scan_answers_as_documented(tmp_path) -> None:
+    text = (REPO / "docs" / "tables.md").read_text()
+    (code,) = re.findall(r"<!-- iceberg snippet -->\n```python\n(.*?)```", text, flags=re.S)
+    out, catalog = str(tmp_path / "run"), f"sqlite:///{tmp_path}/catalog.db"
+    registrar = ShardRegistrar(out, DIM, OutputTables("iceberg", 2, catalog=catalog))
+    for i in range(3):
+        registrar.add(*commit_shard(out, i), IMAGES, 1)
+        if registrar.due():
+            registrar.flush()
+    registrar.flush()
+    scope: dict = {"CATALOG": catalog, "SOURCE": "s3://in/shards/000002.tar"}
+    exec(compile(code, "docs/tables.md", "exec"), scope)
+    assert scope["one_shard"]["key"].to_pylist() == [f"s000002_{j:05d}" for j in range(IMAGES)]
+    assert scope["first_batch"].num_rows == 2 * IMAGES

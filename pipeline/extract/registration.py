@@ -17,11 +17,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.io.delta_log import DeltaFolder, TableFile, file_sizes
 from pipeline.io.descriptor_writer import ERROR_SCHEMA, descriptor_schema
-from pipeline.io.iceberg_table import IcebergFolder
 from pipeline.io.layout import (
     descriptors_folder,
     errors_folder,
@@ -33,6 +32,9 @@ from pipeline.io.layout import (
 from pipeline.io.redact import redact_text
 from pipeline.io.storage import filesystem, join
 from pipeline.runtime import failpoints
+
+if TYPE_CHECKING:
+    from pipeline.io.iceberg_table import IcebergFolder
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class ShardRegistrar:
         self._descriptors: DeltaFolder | IcebergFolder
         self._errors: DeltaFolder | IcebergFolder
         if self.tables.kind == "iceberg":
+            from pipeline.io.iceberg_table import IcebergFolder  # seconds to import: only here
+
             assert self.tables.catalog is not None
             name = self.tables.iceberg_table
             names = (name, f"{name}_errors")
