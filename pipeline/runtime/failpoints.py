@@ -6,7 +6,9 @@ re-run or a restarted actor proceeds normally. ``actor_restart_delay_s=S`` is no
 every restarted extraction actor sleeps S seconds before loading its model (a slow restart,
 as on a GPU node loading weights from S3); ``actor_crash_always_in_shard=ID`` crashes the
 actor on that shard every time (a shard that kills whatever processes it);
-``driver_interrupt_after_shards=N`` sends the driver SIGINT (Ctrl-C) after its N-th commit.
+``driver_interrupt_after_shards=N`` sends the driver SIGINT (Ctrl-C) after its N-th commit;
+``driver_exit_before_registering=K`` exits the driver just before its K-th batch of committed
+shards is registered in the output's tables (a crash between a commit and its registration).
 """
 
 from __future__ import annotations
