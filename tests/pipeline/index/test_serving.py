@@ -229,4 +229,6 @@ def test_actors_answer_with_the_version_post_processing(ray_local, s3_bucket, ca
     spread_out = capsys.readouterr().out.splitlines()
     assert keys[7] in spread_out[1]
     assert_same_printed_hits(spread_out[1:], alone_out[1:])
-    assert "whitening 32->24" in spread_out[-1] and "alpha-QE k=2" in spread_out[-1]
+    (applied,) = [line for line in spread_out if line.startswith("post-processing: ")]
+    assert "whitening 32->24" in applied and "alpha-QE k=2" in applied
+    assert spread_out[-1] == alone_out[-1] and spread_out[-1].startswith("search: ")
