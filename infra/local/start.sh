@@ -15,6 +15,15 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=local \
        AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1
 
+# A port another process holds (a test suite's Ray dashboard takes 8265 first) would make the
+# stack fail later with a confusing error, or answer from someone else's service: refuse now.
+for port in "$S3_PORT" "$RAY_PORT" "$DASHBOARD_PORT"; do
+    if ! "$VENV/bin/python" -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+        echo "port $port on 127.0.0.1 is in use by another process: stop it, or set S3_PORT/RAY_PORT/DASHBOARD_PORT" >&2
+        exit 1
+    fi
+done
+
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE_DIR/moto.log" 2>&1 &
 echo $! >"$STATE_DIR/moto.pid"
 
