@@ -6,16 +6,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from pipeline.io.layout import descriptors_uri, list_markers, markers_folder
+from pipeline.io.layout import descriptors_folder, descriptors_uri, list_markers, markers_folder
 from pipeline.io.storage import filesystem, is_local, join, read_json, unstrip
+
+if TYPE_CHECKING:
+    from pipeline.io.delta_log import TableFile
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,27 @@ def _version_tag(fs: AbstractFileSystem, path: str, info: dict[str, Any]) -> str
     return str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or "")
 
 
-def list_descriptor_files(folder: str) -> list[DescriptorFile]:
-    """Committed files when ``folder`` is an extraction output (it has ``_shards/`` markers);
-    else every ``*.parquet`` below it (hidden and ``_``-prefixed names skipped). Sorted."""
+def list_descriptor_files(folder: str, version: int | None = None) -> list[DescriptorFile]:
+    """The descriptor files of ``folder``, sorted:
+
+    - an extraction output with a Delta table at ``descriptors/``: the files its log lists at
+      ``version`` (None: the latest), with sizes and rows from the log. No listing and no
+      request per file: one footer gives the schema and the model identity, which the output
+      binds every file to (a run of another configuration is refused there);
+    - an extraction output without one (written before tables, or ``--table none``): the
+      committed files, from its ``_shards/`` markers;
+    - a folder that is a Delta table itself: the files its log lists (never a removed one);
+    - else every ``*.parquet`` below it (hidden and ``_``-prefixed names skipped)."""
+    # Imported here: delta-rs is needed only where a table is read, not by every reader.
+    from pipeline.io.delta_log import has_table
+
+    table = descriptors_folder(folder)
+    if has_table(table):
+        return _output_table_files(folder, version)
+    if has_table(folder):
+        return [_describe(u) for u in _table_uris(folder, version)]
+    if version is not None:
+        raise ValueError(f"{folder} holds no Delta table: it has no versions to read")
     fs, path = filesystem(folder)
     markers = sorted(list_markers(folder), key=lambda m: m.name)
     if markers:
@@ -100,6 +121,54 @@ def list_descriptor_files(folder: str) -> list[DescriptorFile]:
     if not uris:
         raise ValueError(f"no descriptor Parquet files in {folder}")
     return [_describe(u) for u in uris]
+
+
+def _table_uris(folder: str, version: int | None) -> list[str]:
+    from pipeline.io.delta_log import table_files
+
+    uris = [join(folder, f.name) for f in table_files(folder, version)]
+    if not uris:
+        raise ValueError(f"the Delta table in {folder} lists no file (version {version})")
+    return uris
+
+
+def _output_table_files(output: str, version: int | None) -> list[DescriptorFile]:
+    """An extraction output's files from its descriptors table (see ``list_descriptor_files``).
+    Locally each file's version tag is still its ``stat`` (free: no request); on an object
+    store it is the modification time the log recorded: a file changed behind the table's back
+    (not through a run, which registers a new file) is not seen there."""
+    from pipeline.io.delta_log import table_files
+
+    folder = descriptors_folder(output)
+    listed = table_files(folder, version)
+    if not listed:
+        raise ValueError(f"no descriptor Parquet files in {output} (its table lists none)")
+    if version is None:
+        committed = sum(1 for _ in list_markers(output))  # one paginated listing
+        if committed > len(listed):
+            log.warning(
+                "%s: %d committed shards are not in its descriptors table yet (a run stopped "
+                "between a commit and its registration); reading the table's %d files: the "
+                "next extraction run on this output registers them",
+                output,
+                committed - len(listed),
+                len(listed),
+            )
+    fs, path = filesystem(folder)
+    local = is_local(fs)
+
+    def tag(f: TableFile) -> str:
+        return _version_tag(fs, join(path, f.name), {}) if local else f"delta-mtime={f.modified_ms}"
+
+    head = _describe(join(folder, listed[0].name))
+    files = [replace(head, etag=tag(listed[0]))]
+    for f in listed[1:]:
+        uri = join(folder, f.name)
+        if f.rows < 0:  # a log written without statistics: the footer has the count
+            files.append(replace(_describe(uri), etag=tag(f)))
+        else:
+            files.append(DescriptorFile(uri, f.size, tag(f), f.rows, head.dim, head.metadata))
+    return files
 
 
 def check_same_model(files: list[DescriptorFile]) -> dict[str, str]:
