@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retention", type=int, default=3, help="versions kept (3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (0)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    p.add_argument(
+        "--descriptors-version",
+        type=int,
+        metavar="N",
+        help="read version N of the descriptors' Delta table (default: the latest; the "
+        "version read is in the manifest): rebuilds exactly an earlier build's inputs",
+    )
     add_gpu_arguments(p, "FAISS")
     add_database_arguments(
         p,
@@ -165,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             max_index_memory=args.max_index_memory,
         )
         connect(args.ray_address)
-        result = build_index(args.descriptors, args.output, cfg, force=args.force)
+        result = build_index(
+            args.descriptors,
+            args.output,
+            cfg,
+            force=args.force,
+            descriptors_version=args.descriptors_version,
+        )
         if result.up_to_date:
             print(f"up to date: {args.output} version {result.version} ({result.vectors} vectors)")
         else:

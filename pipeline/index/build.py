@@ -59,6 +59,7 @@ from pipeline.index.whitening import Whitening
 from pipeline.io.descriptor_reader import (
     DescriptorFile,
     check_same_model,
+    descriptors_table_version,
     list_descriptor_files,
     random_descriptors,
 )
@@ -180,18 +181,28 @@ def build_index(
     cfg: IndexBuildConfig,
     force: bool = False,
     lease_ttl_s: float = DEFAULT_TTL_S,
+    descriptors_version: int | None = None,
 ) -> BuildResult:
     """Build a new version of the index at ``output`` from ``descriptors`` (on the connected Ray
-    cluster): nothing when up to date, incremental when only new files appeared, else full."""
+    cluster): nothing when up to date, incremental when only new files appeared, else full.
+    ``descriptors_version``: the version of the descriptors' Delta table to read (None: the
+    latest); the version read is recorded in the manifest."""
     t0 = time.monotonic()
     check_output_folder(output, descriptors, "descriptors")
     preflight(read=[descriptors], write=[output])
-    files = list_descriptor_files(descriptors)
+    # The version is fixed first, so that a registration meanwhile cannot make the files read
+    # and the version recorded differ.
+    table_version = descriptors_version
+    if table_version is None:
+        table_version = descriptors_table_version(descriptors)
+    files = list_descriptor_files(descriptors, table_version)
     identity = check_same_model(files)
     # The whitening to apply (checked against the descriptors' model).
     whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)
     dim = files[0].dim if whitening is None else whitening.dim_out
-    job = _BuildInputs(descriptors, output, cfg, files, identity, whitening, whitening_sha, dim)
+    job = _BuildInputs(
+        descriptors, output, cfg, files, identity, whitening, whitening_sha, dim, table_version
+    )
     plan, previous = _plan(job, force)
     if plan.kind == "up_to_date" and previous is not None:
         return _up_to_date(output, plan, previous)  # read only: nothing new writes nothing
@@ -214,6 +225,7 @@ class _BuildInputs:
     whitening: Whitening | None
     whitening_sha: str | None
     dim: int  # of the stored vectors: the descriptors', or the whitening's output
+    table_version: int | None  # of the descriptors' Delta table read (None: no table)
 
     def needs_training(self, factory: str) -> bool:
         probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -303,6 +315,7 @@ def _build_version(
         _manifest(plan, previous, version, dim, job.cfg, factory, counts, job.identity),
         postprocessing=postprocessing,
         extraction=extraction_record(job.descriptors, job.files),  # for search by image
+        descriptors_version=job.table_version,
         factory_choice=choice,
     )
     if cfg.dba is not None:

@@ -129,11 +129,15 @@ class IndexManifest:
     # it was chosen from; what ``--factory auto`` chose and why.
     tuning: SearchTuning | None = None
     factory_choice: FactoryChoice | None = None
+    # The version of the descriptors' Delta table the build read its inputs from (absent: no
+    # table, or a build before tables): ``build_index.py --descriptors-version`` reads it again.
+    descriptors_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         extra = d.pop("extra")
-        for optional in ("postprocessing", "extraction", "tuning", "factory_choice"):
+        optional_keys = ("postprocessing", "extraction", "tuning", "factory_choice")
+        for optional in (*optional_keys, "descriptors_version"):
             if d[optional] is None:
                 del d[optional]
         return {**extra, **d}

@@ -123,6 +123,17 @@ def list_descriptor_files(folder: str, version: int | None = None) -> list[Descr
     return [_describe(u) for u in uris]
 
 
+def descriptors_table_version(folder: str) -> int | None:
+    """The latest version of the Delta table ``list_descriptor_files`` reads for ``folder``
+    (an output's descriptors table, or the folder's own); None where it reads none."""
+    from pipeline.io.delta_log import has_table, open_table
+
+    for candidate in (descriptors_folder(folder), folder):
+        if has_table(candidate):
+            return int(open_table(candidate).version())
+    return None
+
+
 def _table_uris(folder: str, version: int | None) -> list[str]:
     from pipeline.io.delta_log import table_files
 
@@ -137,13 +148,13 @@ def _output_table_files(output: str, version: int | None) -> list[DescriptorFile
     Locally each file's version tag is still its ``stat`` (free: no request); on an object
     store it is the modification time the log recorded: a file changed behind the table's back
     (not through a run, which registers a new file) is not seen there."""
-    from pipeline.io.delta_log import table_files
+    from pipeline.io.delta_log import open_table, table_files
 
     folder = descriptors_folder(output)
     listed = table_files(folder, version)
     if not listed:
         raise ValueError(f"no descriptor Parquet files in {output} (its table lists none)")
-    if version is None:
+    if version is None or version == open_table(folder).version():
         committed = sum(1 for _ in list_markers(output))  # one paginated listing
         if committed > len(listed):
             log.warning(
