@@ -8,7 +8,8 @@ commit per table), then reconcile's check of a finished output. DuckDB (``--thre
 answers ``count(*)``, the README's ``GROUP BY source`` and a full descriptor scan, each from
 ``read_parquet('descriptors/*.parquet')``, from ``read_parquet([the log's file list])`` and
 from the table's Arrow dataset (``pipeline.io.delta_log.table_dataset``); the first two also
-from the log's statistics alone. Best of ``--repeat``, the glob first each time.
+from the log's statistics alone. Best of ``--repeat``, the glob first each time. Last, an
+index build's input listing through the table against the markers.
 
     .venv/bin/python bench/bench_table.py --files 10000
 """
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.extract.registration import OutputTables, ShardRegistrar
 from pipeline.io.delta_log import table_dataset, table_files
+from pipeline.io.descriptor_reader import list_descriptor_files
 from pipeline.io.descriptor_writer import descriptor_table, error_table, parquet_bytes
 from pipeline.io.layout import descriptors_folder, descriptors_uri, errors_uri, marker_uri
 
@@ -135,6 +137,30 @@ def query(output: str, threads: int, repeat: int) -> dict:
     return out
 
 
+def index_inputs(output: str) -> dict:
+    """What a build's input listing (``list_descriptor_files``) costs through the table against
+    the markers (one read per marker and a footer per file; the table's log hidden for it)."""
+    log_folder = Path(descriptors_folder(output)) / "_delta_log"
+    hidden = log_folder.with_name("_delta_log.hidden")
+    t = time.perf_counter()
+    through_table = len(list_descriptor_files(output))
+    table_s = time.perf_counter() - t
+    log_folder.rename(hidden)
+    try:
+        t = time.perf_counter()
+        through_markers = len(list_descriptor_files(output))
+        markers_s = time.perf_counter() - t
+    finally:
+        hidden.rename(log_folder)
+    assert through_table == through_markers
+    return {
+        "files": through_table,
+        "table_s": round(table_s, 2),
+        "markers_s": round(markers_s, 2),
+        "ratio": round(markers_s / table_s, 1),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", type=int, default=10_000)
@@ -157,6 +183,7 @@ def main() -> int:
             "make_s": round(made, 1),
             "registration": register(output, shards, args.rows, args.batch),
             "queries": query(output, args.threads, args.repeat),
+            "index_inputs": index_inputs(output),
         }
         print(json.dumps(result, indent=2))
     finally:
