@@ -72,22 +72,26 @@ def main(argv: list[str] | None = None) -> int:
 
         from pipeline.index.query import describe_search, search
         from pipeline.index.query_image import describe_images
+        from pipeline.index.search import check_queries, resolve_version
         from pipeline.index.serving import open_index
         from pipeline.io.descriptor_reader import read_descriptors
 
         options = query_options(args)
+        # What can be refused is refused before any shard is loaded or any actor started;
+        # the version resolved here is the one opened (LATEST may move meanwhile).
+        version, manifest = resolve_version(args.index, args.version)
+        names, blocks = [], []
+        if args.key:
+            keys, x, identity = read_descriptors(args.descriptors)
+            rows = {k: i for i, k in enumerate(keys)}
+            missing = [k for k in args.key if k not in rows]
+            if missing:
+                raise ValueError(f"no descriptor for {missing}")
+            check_queries(version, manifest, identity, args.descriptors)
+            names += args.key
+            blocks.append(x[[rows[k] for k in args.key]])
         serving = connect_serving(args)
-        with open_index(args.index, args.version, serving, args.use_gpu) as index:
-            names, blocks = [], []
-            if args.key:
-                keys, x, identity = read_descriptors(args.descriptors)
-                rows = {k: i for i, k in enumerate(keys)}
-                missing = [k for k in args.key if k not in rows]
-                if missing:
-                    raise ValueError(f"no descriptor for {missing}")
-                index.check_queries(identity, args.descriptors)
-                names += args.key
-                blocks.append(x[[rows[k] for k in args.key]])
+        with open_index(args.index, version, serving, args.use_gpu) as index:
             if args.image:
                 names += args.image
                 blocks.append(describe_images(index.manifest, args.image, args.weights))

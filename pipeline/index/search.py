@@ -69,7 +69,20 @@ def resolve_version(output: str, version: str | None) -> tuple[str, IndexManifes
         if latest is None:
             raise ValueError(f"no index at {output} (no LATEST)")
         return latest
-    return version, read_manifest(output, version)
+    return version, read_manifest(output, version, with_inputs=False)
+
+
+def check_queries(
+    version: str, manifest: IndexManifest, identity: dict[str, str], source: str
+) -> None:
+    """``VersionIndex.check_queries`` from the manifest alone: a caller can refuse queries of
+    another descriptor model before it loads the shards or starts actors for them."""
+    check_fingerprint(
+        f"the index version {version}",
+        manifest.descriptor_model,
+        identity,
+        f"the queries in {source} come from another descriptor space",
+    )
 
 
 def prepare_queries(
@@ -246,12 +259,7 @@ class VersionIndex(SearchableIndex):
     def check_queries(self, identity: dict[str, str], source: str) -> None:
         """Refuse query descriptors of another model or configuration than the index's (their
         Parquet metadata, ``source``): scores across two descriptor spaces mean nothing."""
-        check_fingerprint(
-            f"the index version {self.version}",
-            self.manifest.descriptor_model,
-            identity,
-            f"the queries in {source} come from another descriptor space",
-        )
+        check_queries(self.version, self.manifest, identity, source)
 
 
 class ShardedIndex(VersionIndex):

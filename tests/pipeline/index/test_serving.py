@@ -4,6 +4,9 @@ through the jobs too, with each actor holding only its share of the shards."""
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,20 +22,72 @@ from tests.support.descriptors import (
     DIM,
     assert_same_ranking,
     queries_near,
+    unit,
     write_clustered_folder,
+    write_descriptor_file,
     write_folder,
 )
 from tests.support.waiting import wait_until
 
 # Three actors on the test cluster's two CPUs; no memory beyond the (small) shards reserved.
 SERVING = ServingConfig(actors=3, cpus_per_actor=0.5, overhead_bytes=0)
+FACTORIES = ("Flat", "IVF16,PQ8x4fs,RFlat")
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ8x4fs,RFlat"])
-def test_actors_answer_as_the_single_process_search(ray_local, s3_bucket, factory) -> None:
-    desc, out = f"s3://{s3_bucket}/desc", f"s3://{s3_bucket}/idx"
-    _, x = write_clustered_folder(desc, 5, 300)
-    build_index(desc, out, IndexBuildConfig(factory=factory, shards=5, train_size=1500, nprobe=4))
+@dataclass(frozen=True)
+class Built:
+    """The versions this file's tests serve, built once (each test only reads its own)."""
+
+    root: str  # s3://bucket of the S3 inputs and indexes
+    clustered: np.ndarray  # the vectors of root/desc (5 files x 300)
+    by_factory: dict[str, str]  # factory -> its index of root/desc (5 shards)
+    r1m_keys: list[str]  # root/r1m (3 files x 200) and its Flat index root/r1m-index
+    large: str  # local index of 6 shards of 30,000 x 256 (~30 MB each)
+    large_queries: np.ndarray
+    whitened_keys: list[str]  # root/wdesc (4 files x 150, 32-d) and its whitened index root/widx
+    whitened_x: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def built(ray_local, s3_endpoint, tmp_path_factory) -> Iterator[Built]:
+    """Every version up front, one build after another on the same Ray task workers (an actor
+    started between two builds takes a worker slot, and the next build starts new workers)."""
+    import boto3
+
+    from jobs.learn_whitening import main as learn_main
+
+    bucket = f"test-serving-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    root = f"s3://{bucket}"
+    _, x = write_clustered_folder(f"{root}/desc", 5, 300)
+    by_factory = {}
+    for n, factory in enumerate(FACTORIES):
+        by_factory[factory] = f"{root}/idx{n}"
+        build_index(
+            f"{root}/desc",
+            by_factory[factory],
+            IndexBuildConfig(factory=factory, shards=5, train_size=1500, nprobe=4),
+        )
+    r1m_keys, _ = write_folder(f"{root}/r1m", 3, 200, seed=4, prefix="d")
+    build_index(f"{root}/r1m", f"{root}/r1m-index", IndexBuildConfig(shards=4))
+    w_keys, w_x = write_clustered_folder(f"{root}/wdesc", 4, 150)
+    wfile = f"{root}/whitening.safetensors"
+    assert learn_main(["--descriptors", f"{root}/wdesc", "--output", wfile, "--dim", "24"]) == 0
+    build_index(f"{root}/wdesc", f"{root}/widx", IndexBuildConfig(shards=4, whitening=wfile))
+    local = tmp_path_factory.mktemp("large")
+    rng = np.random.default_rng(0)
+    for f in range(6):  # 6 shards of 30,000 x 256 float32 (~30 MB each)
+        large_x = unit(rng.normal(size=(30_000, 256)).astype(np.float32))
+        write_descriptor_file(
+            f"{local}/desc/part-{f:06d}.parquet", [f"{f}-{i}" for i in range(30_000)], large_x
+        )
+    build_index(f"{local}/desc", f"{local}/idx", IndexBuildConfig(shards=6))
+    yield Built(root, x, by_factory, r1m_keys, f"{local}/idx", large_x[:5].copy(), w_keys, w_x)
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_actors_answer_as_the_single_process_search(built: Built, factory: str) -> None:
+    out, x = built.by_factory[factory], built.clustered
     local = ShardedIndex.load(out)
     q = queries_near(x, 20)
     with DistributedIndex.start(out, serving=SERVING) as served:
@@ -87,19 +142,9 @@ def stopped(actor: ray.actor.ActorHandle) -> bool:
     return False
 
 
-def test_each_actor_holds_only_its_shards(ray_local, tmp_path) -> None:
-    desc, out = str(tmp_path / "desc"), str(tmp_path / "idx")
-    rng = np.random.default_rng(0)
-    from tests.support.descriptors import unit, write_descriptor_file
-
-    for f in range(6):  # 6 shards of 30,000 x 256 float32 (~30 MB each)
-        x = unit(rng.normal(size=(30_000, 256)).astype(np.float32))
-        write_descriptor_file(
-            f"{desc}/part-{f:06d}.parquet", [f"{f}-{i}" for i in range(30_000)], x
-        )
-    build_index(desc, out, IndexBuildConfig(shards=6))
-    with DistributedIndex.start(out, serving=SERVING) as served:
-        served.search(x[:5], 10)
+def test_each_actor_holds_only_its_shards(built: Built) -> None:
+    with DistributedIndex.start(built.large, serving=SERVING) as served:
+        served.search(built.large_queries, 10)
         memory = served.memory()
     assert sorted(s for m in memory for s in m.shards) == list(range(6))
     for m in memory:
@@ -110,16 +155,13 @@ def test_each_actor_holds_only_its_shards(ray_local, tmp_path) -> None:
         assert m.rss - m.rss_before_load < 1.1 * m.shard_bytes + (128 << 20), m
 
 
-def test_jobs_search_and_evaluate_through_actors(ray_local, s3_bucket, tmp_path, capsys) -> None:
+def test_jobs_search_and_evaluate_through_actors(built: Built, s3_bucket, tmp_path, capsys) -> None:
     import pickle
 
     from pipeline.io.storage import write_bytes_atomic
-    from tests.support.descriptors import unit, write_descriptor_file
 
-    root = f"s3://{s3_bucket}"
-    keys, _ = write_folder(f"{root}/r1m", 3, 200, seed=4, prefix="d")
-    build_index(f"{root}/r1m", f"{root}/r1m-index", IndexBuildConfig(shards=4))
-    query = ["--index", f"{root}/r1m-index", "--descriptors", f"{root}/r1m", "--key", keys[7]]
+    index, root, keys = f"{built.root}/r1m-index", f"s3://{s3_bucket}", built.r1m_keys
+    query = ["--index", index, "--descriptors", f"{built.root}/r1m", "--key", keys[7]]
     capsys.readouterr()
     assert search_main([*query, "-k", "5"]) == 0
     alone = capsys.readouterr().out.splitlines()
@@ -169,31 +211,24 @@ def test_jobs_search_and_evaluate_through_actors(ray_local, s3_bucket, tmp_path,
             "--database",
             f"{root}/db",
         ]
-        assert (
-            evaluate_main(
-                [*args, "--distractors", f"{root}/r1m-index", "--report", str(path), *extra]
-            )
-            == 0
-        )
+        assert evaluate_main([*args, "--distractors", index, "--report", str(path), *extra]) == 0
         reports.append(json.loads(path.read_text()))
     assert reports[0] == reports[1] and reports[0]["exact"] and reports[0]["distractors"] == 600
 
 
-def test_actors_answer_with_the_version_post_processing(ray_local, s3_bucket, capsys) -> None:
+def test_actors_answer_with_the_version_post_processing(
+    built: Built, s3_bucket, capsys, monkeypatch
+) -> None:
     """A whitened version served by actors: queries are whitened in the driver before any
     shard sees them; αQE and re-ranking read stored vectors from the actors; queries of another
-    model are refused as in one process (search_index.py with and without --distributed)."""
-    from jobs.learn_whitening import main as learn_main
+    model are refused as in one process (search_index.py with and without --distributed), and
+    before any actor is started."""
     from pipeline.index.expansion import QeConfig
     from pipeline.index.query import QueryOptions, search
     from pipeline.index.rerank import RerankConfig
-    from tests.support.descriptors import unit, write_descriptor_file
 
-    desc, out = f"s3://{s3_bucket}/desc", f"s3://{s3_bucket}/idx"
-    wfile = f"s3://{s3_bucket}/whitening.safetensors"
-    keys, x = write_clustered_folder(desc, 4, 150)
-    assert learn_main(["--descriptors", desc, "--output", wfile, "--dim", "24"]) == 0
-    build_index(desc, out, IndexBuildConfig(shards=4, whitening=wfile))
+    desc, out = f"{built.root}/wdesc", f"{built.root}/widx"
+    keys, x = built.whitened_keys, built.whitened_x
     local = ShardedIndex.load(out)
     q = queries_near(x, 10)  # as extracted (32-d): both whiten them to the version's 24
     opts = QueryOptions(QeConfig(2), RerankConfig(m=20, k=3))
@@ -216,18 +251,27 @@ def test_actors_answer_with_the_version_post_processing(ray_local, s3_bucket, ca
     write_descriptor_file(f"{other}/part-000000.parquet", ["q"], unit(np.ones((1, DIM))), "b" * 64)
     args = ["--index", out, "--descriptors", other, "--key", "q"]
     distributed = ["--distributed", "--actors", "2", "--cpus-per-actor", "0.5"]
+    started: list[str] = []
+    start = DistributedIndex.start
+
+    def counted(output: str, *a, **kw) -> DistributedIndex:
+        started.append(output)
+        return start(output, *a, **kw)
+
+    monkeypatch.setattr(DistributedIndex, "start", counted)
     for extra in ([], [*distributed, "--actor-overhead-mb", "0"]):
         capsys.readouterr()
         assert search_main([*args, *extra]) == 1
         assert "different model or configuration (differs in: weights_sha256)" in (
             capsys.readouterr().err
         )
+    assert started == []  # refused from the manifest: no actor started for it
     query = ["--index", out, "--descriptors", desc, "--key", keys[7], "--aqe", "2", "--rerank"]
     assert search_main(query) == 0
     alone_out = capsys.readouterr().out.splitlines()
     assert search_main([*query, *distributed, "--actor-overhead-mb", "0"]) == 0
     spread_out = capsys.readouterr().out.splitlines()
-    assert keys[7] in spread_out[1]
+    assert started == [out] and keys[7] in spread_out[1]
     assert_same_printed_hits(spread_out[1:], alone_out[1:])
     (applied,) = [line for line in spread_out if line.startswith("post-processing: ")]
     assert "whitening 32->24" in applied and "alpha-QE k=2" in applied
