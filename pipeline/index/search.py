@@ -65,7 +65,7 @@ class SearchResult:
 def resolve_version(output: str, version: str | None) -> tuple[str, IndexManifest]:
     """(version, manifest): ``version``, or the one LATEST names."""
     if version is None:
-        latest = read_latest(output)
+        latest = read_latest(output, with_inputs=False)  # searching needs no input list
         if latest is None:
             raise ValueError(f"no index at {output} (no LATEST)")
         return latest

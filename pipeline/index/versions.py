@@ -11,11 +11,15 @@ version that a kept version references.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.index.search_config import SearchParams
 from pipeline.index.tuning_record import FactoryChoice, SearchTuning
@@ -31,6 +35,8 @@ log = logging.getLogger(__name__)
 
 LATEST = "LATEST"
 MANIFEST = "manifest.json"
+INPUTS = "inputs.parquet"  # a version's inputs, beside its manifest
+_INPUTS_FILE_KEY, _INPUT_COUNT_KEY = "inputs_file", "input_count"
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
@@ -186,20 +192,53 @@ class IndexManifest:
         return {*self.shard_versions, self.base_version} - {self.version, ""}
 
 
-def read_manifest(output: str, version: str) -> IndexManifest:
-    return IndexManifest.from_dict(json.loads(read_bytes(join(output, version, MANIFEST))))
+def read_manifest(output: str, version: str, with_inputs: bool = True) -> IndexManifest:
+    """The manifest of ``version``. Its inputs (one per descriptor file: a million for a
+    million shards) live beside it in ``inputs.parquet``; ``with_inputs=False`` leaves them
+    unread (``inputs`` empty), for readers that only search the version."""
+    d = json.loads(read_bytes(join(output, version, MANIFEST)))
+    stored = d.pop(_INPUTS_FILE_KEY, None)
+    d.pop(_INPUT_COUNT_KEY, None)
+    if stored is not None:
+        d["inputs"] = _read_inputs(join(output, version, stored)) if with_inputs else []
+    return IndexManifest.from_dict(d)
 
 
 def write_manifest(output: str, manifest: IndexManifest) -> None:
-    write_json_atomic(join(output, manifest.version, MANIFEST), manifest.to_dict())
+    """``inputs.parquet``, then ``manifest.json`` (the version's completion mark) without the
+    inputs: a manifest stays small whatever the number of input files."""
+    folder = join(output, manifest.version)
+    write_bytes_atomic(join(folder, INPUTS), _inputs_parquet(manifest.inputs))
+    d = manifest.to_dict()
+    del d["inputs"]
+    d |= {_INPUTS_FILE_KEY: INPUTS, _INPUT_COUNT_KEY: len(manifest.inputs)}
+    write_json_atomic(join(folder, MANIFEST), d)
 
 
-def read_latest(output: str) -> tuple[str, IndexManifest] | None:
-    """(version, manifest) that LATEST points to, or None."""
+def _inputs_parquet(inputs: list[IndexInput]) -> bytes:
+    table = pa.table(
+        {
+            "uri": pa.array([i.uri for i in inputs], pa.string()),
+            "size": pa.array([i.size for i in inputs], pa.int64()),
+            "etag": pa.array([i.etag for i in inputs], pa.string()),
+            "rows": pa.array([i.rows for i in inputs], pa.int64()),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def _read_inputs(uri: str) -> list[dict[str, Any]]:
+    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pylist()
+
+
+def read_latest(output: str, with_inputs: bool = True) -> tuple[str, IndexManifest] | None:
+    """(version, manifest) that LATEST points to, or None (``with_inputs``: ``read_manifest``)."""
     version = read_latest_name(output)
     if version is None:
         return None
-    return version, read_manifest(output, version)
+    return version, read_manifest(output, version, with_inputs)
 
 
 def new_version_name(output: str, signature: str) -> str:
@@ -265,7 +304,7 @@ def referenced_by(output: str, versions: list[str]) -> set[str]:
     out: set[str] = set()
     for v in versions:
         try:
-            out |= read_manifest(output, v).referenced_versions()
+            out |= read_manifest(output, v, with_inputs=False).referenced_versions()
         except FileNotFoundError:
             continue
     return out

@@ -56,6 +56,7 @@ def test_new_files_make_an_incremental_version_that_answers_as_a_full_rebuild(
     # Only the new shard was written; the first version's files are untouched.
     assert files_in(join(out, second)) == [
         "ids-00003.parquet",
+        "inputs.parquet",
         "manifest.json",
         "shard-00003.faiss",
     ]
@@ -191,7 +192,7 @@ def test_search_defaults_alone_make_a_version_that_reuses_every_shard(ray_local,
     assert (result.kind, result.added) == ("incremental", 0)
     manifest = read_latest(out)[1]
     assert manifest.shard_versions == [first, first] and manifest.config["nprobe"] == 8
-    assert files_in(join(out, result.version)) == ["manifest.json"]
+    assert files_in(join(out, result.version)) == ["inputs.parquet", "manifest.json"]
     assert ShardedIndex.load(out).params.nprobe == 8
     assert list_versions(out) == [first, result.version]
 

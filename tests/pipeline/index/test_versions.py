@@ -80,3 +80,36 @@ def test_pruning_keeps_latest_and_what_it_references(tmp_path) -> None:
     write_bytes_atomic(join(out, "LATEST"), b"v3")
     prune_versions(out, retention=1, keep="v4")
     assert list_versions(out) == ["v1", "v3", "v4"]  # v2 goes; v3 is LATEST and uses v1
+
+
+def test_inputs_live_beside_the_manifest_which_stays_small(tmp_path) -> None:
+    """A million input files would make a JSON manifest of ~150 MB that every search reads:
+    they are stored in ``inputs.parquet``, read only by builds."""
+    import dataclasses
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipeline.index.versions import read_manifest
+
+    out = str(tmp_path / "idx")
+    inputs = [IndexInput(f"s3://b/part-{i:06d}.parquet", 10 + i, f"e{i}", 3) for i in range(5000)]
+    m = dataclasses.replace(manifest("v1"), inputs=inputs)
+    write_manifest(out, m)
+    stored = json.loads((tmp_path / "idx" / "v1" / "manifest.json").read_text())
+    assert "inputs" not in stored and stored["input_count"] == 5000
+    assert (tmp_path / "idx" / "v1" / "manifest.json").stat().st_size < 2000
+    assert pq.read_table(tmp_path / "idx" / "v1" / "inputs.parquet").num_rows == 5000
+    assert read_manifest(out, "v1") == m
+    assert read_manifest(out, "v1", with_inputs=False) == dataclasses.replace(m, inputs=[])
+
+
+def test_a_manifest_with_its_inputs_inline_still_reads(tmp_path) -> None:
+    """Versions written before ``inputs.parquet`` hold their inputs in the JSON."""
+    from pipeline.io.storage import write_json_atomic
+
+    out = str(tmp_path / "idx")
+    m = manifest("v0")
+    write_json_atomic(join(out, "v0", "manifest.json"), m.to_dict())
+    write_bytes_atomic(join(out, "LATEST"), b"v0")
+    assert read_latest(out) == ("v0", m)
