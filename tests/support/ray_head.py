@@ -66,6 +66,8 @@ def _head_command(temp_dir: str, num_gpus: int) -> tuple[list[str], int, int, in
         f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
         f"--metrics-export-port={metrics_port}",
+        # No autoscaler monitor: a fixed one-node cluster scales nothing (a process fewer).
+        "--no-monitor",
         # Ports of its own: the in-process cluster of ray_local holds Ray's defaults (52365 for
         # the dashboard agent, ...), and a head whose agent cannot bind accepts no jobs.
         *(
