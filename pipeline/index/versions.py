@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -152,7 +152,9 @@ class IndexManifest:
     def from_dict(cls, d: dict[str, Any]) -> IndexManifest:
         known = {f.name for f in fields(cls)} - {"extra"}
         kw = {k: v for k, v in d.items() if k in known}
-        kw["inputs"] = [IndexInput(**i) for i in kw.get("inputs", [])]
+        kw["inputs"] = [
+            i if isinstance(i, IndexInput) else IndexInput(**i) for i in kw.get("inputs", [])
+        ]
         if kw.get("postprocessing"):
             kw["postprocessing"] = PostProcessing.from_dict(kw["postprocessing"])
         if kw.get("extraction"):
@@ -209,7 +211,7 @@ def write_manifest(output: str, manifest: IndexManifest) -> None:
     inputs: a manifest stays small whatever the number of input files."""
     folder = join(output, manifest.version)
     write_bytes_atomic(join(folder, INPUTS), _inputs_parquet(manifest.inputs))
-    d = manifest.to_dict()
+    d = replace(manifest, inputs=[]).to_dict()  # asdict of a million inputs: seconds
     del d["inputs"]
     d |= {_INPUTS_FILE_KEY: INPUTS, _INPUT_COUNT_KEY: len(manifest.inputs)}
     write_json_atomic(join(folder, MANIFEST), d)
@@ -229,8 +231,10 @@ def _inputs_parquet(inputs: list[IndexInput]) -> bytes:
     return sink.getvalue()
 
 
-def _read_inputs(uri: str) -> list[dict[str, Any]]:
-    return pq.read_table(io.BytesIO(read_bytes(uri))).to_pylist()
+def _read_inputs(uri: str) -> list[IndexInput]:
+    table = pq.read_table(io.BytesIO(read_bytes(uri)))
+    columns = [table.column(name).to_pylist() for name in ("uri", "size", "etag", "rows")]
+    return [IndexInput(*row) for row in zip(*columns, strict=True)]
 
 
 def read_latest(output: str, with_inputs: bool = True) -> tuple[str, IndexManifest] | None:
