@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (0)")
     p.add_argument("--force", action="store_true", help="rebuild even when up to date")
     p.add_argument(
+        "--cpus-per-task",
+        type=int,
+        default=1,
+        help="CPUs each shard-building task holds, FAISS threads = CPUs (1)",
+    )
+    p.add_argument(
         "--descriptors-version",
         type=int,
         metavar="N",
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             target=target,
             flat_below=FactoryPolicy.flat_below if args.flat_below is None else args.flat_below,
             max_index_memory=args.max_index_memory,
+            cpus_per_task=args.cpus_per_task,
         )
         connect(args.ray_address)
         result = build_index(

@@ -164,6 +164,16 @@ def build_shard(
     )
 
 
+def _check_task_cpus(cfg: IndexBuildConfig) -> None:
+    """Refuse, before any work, shard tasks no node can hold (they would wait forever)."""
+    largest = max(n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"])
+    if cfg.cpus_per_task > largest:
+        raise ValueError(
+            f"--cpus-per-task {cfg.cpus_per_task}: no node of the cluster has that many CPUs "
+            f"(the largest has {largest:g})"
+        )
+
+
 def _gpus_per_task(cfg: IndexBuildConfig) -> int:
     """GPUs a build task asks Ray for: Ray hides the GPUs from tasks that ask for none."""
     if cfg.use_gpu is False:
@@ -190,6 +200,7 @@ def build_index(
     t0 = time.monotonic()
     check_output_folder(output, descriptors, "descriptors")
     preflight(read=[descriptors], write=[output])
+    _check_task_cpus(cfg)
     # The version is fixed first, so that a registration meanwhile cannot make the files read
     # and the version recorded differ.
     table_version = descriptors_version
@@ -380,7 +391,7 @@ def _build_shards(
 ) -> list[int]:
     """Fill the plan's new shards (``inputs``: ``shard_inputs(plan)``) in parallel Ray tasks;
     their counts in shard order."""
-    task = ray.remote(num_cpus=1, num_gpus=gpus)(build_shard)
+    task = ray.remote(num_cpus=cfg.cpus_per_task, num_gpus=gpus)(build_shard)
     trained_ref = ray.put(trained)
     refs = [
         task.remote(plan.first_shard + s, files, dim, cfg, trained_ref, version_dir)

@@ -42,6 +42,9 @@ class IndexBuildConfig:
     retention: int = 3
     # Rows per streamed batch while adding.
     batch_rows: int = 65536
+    # CPUs each shard-building Ray task holds; FAISS adds with as many threads. Not content:
+    # the shards are the same whatever it is.
+    cpus_per_task: int = 1
     # None: FAISS on the GPU when faiss has GPU support and a GPU is visible.
     use_gpu: bool | None = None
     # Search defaults recorded in the manifest (readers may override them per search).
@@ -67,6 +70,8 @@ class IndexBuildConfig:
     def __post_init__(self) -> None:
         if self.shards <= 0 or self.train_size <= 0 or self.retention <= 0:
             raise ValueError("shards, train size and retention must be positive")
+        if self.cpus_per_task < 1:
+            raise ValueError(f"cpus_per_task must be at least 1, not {self.cpus_per_task}")
         if self.max_new_fraction < 0:
             raise ValueError("max_new_fraction must be non-negative")
         self.search_params()  # validates nprobe and k_factor
