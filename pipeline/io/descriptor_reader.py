@@ -123,6 +123,10 @@ def list_descriptor_files(folder: str, version: int | None = None) -> list[Descr
     return [_describe(u) for u in uris]
 
 
+def _sample(listed: list[TableFile]) -> list[int]:
+    return sorted({len(listed) // 2, len(listed) - 1} - {0})
+
+
 def descriptors_table_version(folder: str) -> int | None:
     """The latest version of the Delta table ``list_descriptor_files`` reads for ``folder``
     (an output's descriptors table, or the folder's own); None where it reads none."""
@@ -172,6 +176,9 @@ def _output_table_files(output: str, version: int | None) -> list[DescriptorFile
         return _version_tag(fs, join(path, f.name), {}) if local else f"delta-mtime={f.modified_ms}"
 
     head = _describe(join(folder, listed[0].name))
+    # The output binds its files to one configuration; a sample of footers (the middle and the
+    # last file: a constant cost) checks that nothing else was put in its folder.
+    check_same_model([head, *(_describe(join(folder, listed[i].name)) for i in _sample(listed))])
     files = [replace(head, etag=tag(listed[0]))]
     for f in listed[1:]:
         uri = join(folder, f.name)

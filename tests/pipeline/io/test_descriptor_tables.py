@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 
 from pipeline.extract.registration import OutputTables, ShardRegistrar
-from pipeline.io.delta_log import DeltaFolder, open_table
+from pipeline.io.delta_log import DeltaFolder, TableFile, file_sizes, open_table
 from pipeline.io.descriptor_reader import list_descriptor_files
-from pipeline.io.descriptor_writer import descriptor_schema
+from pipeline.io.descriptor_writer import descriptor_schema, descriptor_table, parquet_bytes
 from pipeline.io.layout import descriptors_folder, descriptors_uri
+from pipeline.io.storage import write_bytes_atomic
 from tests.pipeline.extract.test_registration import DIM, ROWS, write_shard
 from tests.pipeline.io.test_delta_log import write_part
 from tests.support.s3_recording import recorded_requests, requests_by_kind
@@ -45,7 +47,25 @@ def test_an_outputs_files_come_from_its_table_at_a_cost_that_does_not_grow_with_
         identities = {tuple(sorted(f.identity().items())) for f in files}
         assert len(identities) == 1
     assert counts[0] == counts[1], counts  # no request per file, nor per marker
-    assert counts[1]["GET"] + counts[1]["HEAD"] < 12, counts
+    assert counts[1]["GET"] + counts[1]["HEAD"] < 20, counts  # three footers, the log
+
+
+def test_a_file_of_another_model_in_the_outputs_table_is_refused(tmp_path) -> None:
+    """The sampled footers (the middle and the last file) catch a file of another
+    configuration registered in the output's table."""
+    output = str(tmp_path / "out")
+    registered_output(output, 3)
+    folder = descriptors_folder(output)
+    vectors = np.ones((ROWS, DIM), dtype=np.float32)
+    other = descriptor_table(
+        ["x"] * ROWS, "s.tar", vectors, [1] * ROWS, [1] * ROWS, {b"model": b"other"}
+    )
+    name = "part-000009.parquet"
+    write_bytes_atomic(f"{folder}/{name}", parquet_bytes(other))
+    ((size, mtime),) = file_sizes(folder, [name])
+    DeltaFolder(folder, descriptor_schema(DIM)).register([TableFile(name, size, mtime, ROWS)])
+    with pytest.raises(ValueError, match="different models or configurations"):
+        list_descriptor_files(output)
 
 
 def test_committed_shards_not_registered_yet_are_named_and_versions_are_read(
