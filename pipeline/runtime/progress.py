@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,26 +28,52 @@ class UnitProgress:
 
 class ProgressBoard:
     """The latest progress of every unit in flight (the driver drops a unit when its result
-    arrives or its worker dies; reports from older hand-outs are ignored)."""
+    arrives or its worker dies; reports from older hand-outs are ignored).
 
-    def __init__(self) -> None:
-        self._units: dict[str, UnitProgress] = {}
-        self._next_dispatch: dict[str, int] = {}  # the oldest hand-out still accepted
+    Bounded whatever the number of units a job has (a million shards): it holds the units in
+    flight, and remembers a dropped hand-out only for ``forget_after_s``, the time a late
+    report of it could still arrive (reports are sent every second while a unit runs). A unit
+    that has not reported for that long (a stale report of a long-dropped hand-out, or a
+    worker that hangs) leaves the board too; the driver still knows what is in flight."""
+
+    def __init__(
+        self, forget_after_s: float = 600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.forget_after_s, self._clock = forget_after_s, clock
+        self._units: dict[str, tuple[UnitProgress, float]] = {}  # with when it last reported
+        # The oldest hand-out still accepted per recently dropped unit, oldest drop first.
+        self._next_dispatch: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def report(self, progress: UnitProgress) -> None:
-        if progress.dispatch < self._next_dispatch.get(progress.unit, 0):
+        accepted = self._next_dispatch.get(progress.unit, (0, 0.0))[0]
+        if progress.dispatch < accepted:
             return
         current = self._units.get(progress.unit)
-        if current is None or progress.dispatch >= current.dispatch:
-            self._units[progress.unit] = progress
+        if current is None or progress.dispatch >= current[0].dispatch:
+            self._units[progress.unit] = (progress, self._clock())
 
     def drop(self, unit: str, dispatch: int) -> None:
         """Hand-out ``dispatch`` of ``unit`` is over (done, failed or its worker died)."""
         self._units.pop(unit, None)
-        self._next_dispatch[unit] = max(self._next_dispatch.get(unit, 0), dispatch + 1)
+        accepted = self._next_dispatch.pop(unit, (0, 0.0))[0]
+        now = self._clock()
+        self._next_dispatch[unit] = (max(accepted, dispatch + 1), now)
+        while self._next_dispatch:
+            oldest, (_, dropped_at) = next(iter(self._next_dispatch.items()))
+            if now - dropped_at < self.forget_after_s:
+                break
+            del self._next_dispatch[oldest]
 
     def snapshot(self) -> list[UnitProgress]:
-        return list(self._units.values())
+        now = self._clock()
+        silent = [u for u, (_, at) in self._units.items() if now - at >= self.forget_after_s]
+        for unit in silent:
+            del self._units[unit]
+        return [progress for progress, _ in self._units.values()]
+
+    def held(self) -> tuple[int, int]:
+        """(units shown, dropped hand-outs remembered): what the board's memory grows with."""
+        return len(self._units), len(self._next_dispatch)
 
 
 def format_eta(seconds: float | None) -> str:

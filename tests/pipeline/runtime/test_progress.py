@@ -69,3 +69,34 @@ def test_eta_is_unknown_before_any_work() -> None:
     reporter = ProgressReporter(3, bar=False, clock=Clock())
     assert reporter.eta_s() is None and format_eta(None) == "?"
     assert format_eta(3725.4) == "1:02:05"
+
+
+def test_the_board_stays_bounded_over_a_million_units() -> None:
+    """A million shards handed out 1,000 at a time: the board holds the units in flight and
+    the hand-outs dropped within ``forget_after_s``, never one entry per shard of the job."""
+    clock = Clock()
+    board = ProgressBoard(forget_after_s=600.0, clock=clock)
+    most = (0, 0)
+    for start in range(0, 1_000_000, 1000):
+        units = [f"{i:07d}" for i in range(start, start + 1000)]
+        for unit in units:
+            board.report(UnitProgress(unit, 1, 5, 0.5))
+        clock.now += 60  # a minute per shard on 1,000 workers
+        for unit in units:
+            board.drop(unit, 1)
+        held = board.held()
+        most = (max(most[0], held[0]), max(most[1], held[1]))
+    assert most[0] <= 1000 and most[1] <= 11_000, most
+    board.report(UnitProgress("0999999", 1, 9, 0.9))  # a late report, within the window
+    assert board.snapshot() == []
+
+
+def test_a_unit_silent_for_the_window_leaves_the_board() -> None:
+    clock = Clock()
+    board = ProgressBoard(forget_after_s=600.0, clock=clock)
+    board.report(UnitProgress("a", 1, 5, 0.5))
+    clock.now += 599
+    board.report(UnitProgress("b", 1, 5, 0.5))
+    assert {p.unit for p in board.snapshot()} == {"a", "b"}
+    clock.now += 1  # "a" has not reported for 600 s
+    assert {p.unit for p in board.snapshot()} == {"b"}
