@@ -87,8 +87,8 @@ def list_descriptor_files(folder: str, version: int | None = None) -> list[Descr
 
     - an extraction output with a Delta table at ``descriptors/``: the files its log lists at
       ``version`` (None: the latest), with sizes and rows from the log. No listing and no
-      request per file: one footer gives the schema and the model identity, which the output
-      binds every file to (a run of another configuration is refused there);
+      request per file: the first file's footer gives the schema and the model identity, which
+      the output binds every file to, checked against the middle and last files' footers;
     - an extraction output without one (written before tables, or ``--table none``): the
       committed files, from its ``_shards/`` markers;
     - a folder that is a Delta table itself: the files its log lists (never a removed one);
