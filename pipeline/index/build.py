@@ -59,9 +59,8 @@ from pipeline.index.whitening import Whitening
 from pipeline.io.descriptor_reader import (
     DescriptorFile,
     check_same_model,
-    descriptors_table_version,
-    list_descriptor_files,
     random_descriptors,
+    read_descriptor_listing,
 )
 from pipeline.io.storage import (
     check_output_folder,
@@ -201,12 +200,9 @@ def build_index(
     check_output_folder(output, descriptors, "descriptors")
     preflight(read=[descriptors], write=[output])
     _check_task_cpus(cfg)
-    # The version is fixed first, so that a registration meanwhile cannot make the files read
-    # and the version recorded differ.
-    table_version = descriptors_version
-    if table_version is None:
-        table_version = descriptors_table_version(descriptors)
-    files = list_descriptor_files(descriptors, table_version)
+    # The files and the table version recorded come from one read of the table's log.
+    listing = read_descriptor_listing(descriptors, descriptors_version)
+    files, table_version = listing.files, listing.table_version
     identity = check_same_model(files)
     # The whitening to apply (checked against the descriptors' model).
     whitening, whitening_sha = load_build_whitening(cfg.whitening, identity)

@@ -103,10 +103,15 @@ def open_table(folder: str, version: int | None = None) -> DeltaTable:
 
 
 def table_files(folder: str, version: int | None = None) -> list[TableFile]:
-    """The files of the table in ``folder`` at ``version`` (None: the latest), from its log
-    alone: names, sizes, modification times, rows and sources, with no listing and no request
-    per file. Sorted by name."""
-    actions = pa.table(open_table(folder, version).get_add_actions(flatten=True))
+    """The files of the table in ``folder`` at ``version`` (None: the latest): ``files_of``
+    its ``open_table``."""
+    return files_of(open_table(folder, version))
+
+
+def files_of(table: DeltaTable) -> list[TableFile]:
+    """The files of an opened table's version, from its log alone: names, sizes, modification
+    times, rows and sources, with no listing and no request per file. Sorted by name."""
+    actions = pa.table(table.get_add_actions(flatten=True))
     columns = set(actions.column_names)
 
     def column(name: str, default: Any = None) -> list[Any]:

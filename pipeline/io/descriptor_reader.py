@@ -82,13 +82,29 @@ def _version_tag(fs: AbstractFileSystem, path: str, info: dict[str, Any]) -> str
     return str(info.get("ETag") or info.get("LastModified") or info.get("mtime") or "")
 
 
+@dataclass(frozen=True)
+class DescriptorListing:
+    """What ``read_descriptor_listing`` found: the files, and the version of the Delta table
+    they were listed from (None: no table was read). One snapshot: a registration meanwhile
+    cannot make the two differ."""
+
+    files: list[DescriptorFile]
+    table_version: int | None
+
+
 def list_descriptor_files(folder: str, version: int | None = None) -> list[DescriptorFile]:
-    """The descriptor files of ``folder``, sorted:
+    """The descriptor files of ``folder``, sorted (``read_descriptor_listing``'s files)."""
+    return read_descriptor_listing(folder, version).files
+
+
+def read_descriptor_listing(folder: str, version: int | None = None) -> DescriptorListing:
+    """The descriptor files of ``folder``, sorted, and the table version they come from:
 
     - an extraction output with a Delta table at ``descriptors/``: the files its log lists at
-      ``version`` (None: the latest), with sizes and rows from the log. No listing and no
-      request per file: the first file's footer gives the schema and the model identity, which
-      the output binds every file to, checked against the middle and last files' footers;
+      ``version`` (None: the latest), with sizes and rows from the log. The log is read once,
+      with no listing and no request per file: the first file's footer gives the schema and
+      the model identity, which the output binds every file to, checked against the middle
+      and last files' footers;
     - an extraction output without one (written before tables, or ``--table none``): the
       committed files, from its ``_shards/`` markers;
     - a folder that is a Delta table itself: the files its log lists (never a removed one);
@@ -100,7 +116,7 @@ def list_descriptor_files(folder: str, version: int | None = None) -> list[Descr
     if has_table(table):
         return _output_table_files(folder, version)
     if has_table(folder):
-        return [_describe(u) for u in _table_uris(folder, version)]
+        return _table_listing(folder, version)
     if version is not None:
         raise ValueError(f"{folder} holds no Delta table: it has no versions to read")
     fs, path = filesystem(folder)
@@ -120,45 +136,36 @@ def list_descriptor_files(folder: str, version: int | None = None) -> list[Descr
         ]
     if not uris:
         raise ValueError(f"no descriptor Parquet files in {folder}")
-    return [_describe(u) for u in uris]
+    return DescriptorListing([_describe(u) for u in uris], None)
 
 
 def _sample(listed: list[TableFile]) -> list[int]:
     return sorted({len(listed) // 2, len(listed) - 1} - {0})
 
 
-def descriptors_table_version(folder: str) -> int | None:
-    """The latest version of the Delta table ``list_descriptor_files`` reads for ``folder``
-    (an output's descriptors table, or the folder's own); None where it reads none."""
-    from pipeline.io.delta_log import has_table, open_table
+def _table_listing(folder: str, version: int | None) -> DescriptorListing:
+    from pipeline.io.delta_log import files_of, open_table
 
-    for candidate in (descriptors_folder(folder), folder):
-        if has_table(candidate):
-            return int(open_table(candidate).version())
-    return None
-
-
-def _table_uris(folder: str, version: int | None) -> list[str]:
-    from pipeline.io.delta_log import table_files
-
-    uris = [join(folder, f.name) for f in table_files(folder, version)]
+    opened = open_table(folder, version)
+    uris = [join(folder, f.name) for f in files_of(opened)]
     if not uris:
         raise ValueError(f"the Delta table in {folder} lists no file (version {version})")
-    return uris
+    return DescriptorListing([_describe(u) for u in uris], int(opened.version()))
 
 
-def _output_table_files(output: str, version: int | None) -> list[DescriptorFile]:
+def _output_table_files(output: str, version: int | None) -> DescriptorListing:
     """An extraction output's files from its descriptors table (see ``list_descriptor_files``).
     Locally each file's version tag is still its ``stat`` (free: no request); on an object
     store it is the modification time the log recorded: a file changed behind the table's back
     (not through a run, which registers a new file) is not seen there."""
-    from pipeline.io.delta_log import open_table, table_files
+    from pipeline.io.delta_log import files_of, open_table
 
     folder = descriptors_folder(output)
-    listed = table_files(folder, version)
+    opened = open_table(folder, version)
+    listed = files_of(opened)
     if not listed:
         raise ValueError(f"no descriptor Parquet files in {output} (its table lists none)")
-    if version is None or version == open_table(folder).version():
+    if version is None:  # the latest: shards committed since may not be registered yet
         committed = sum(1 for _ in list_markers(output))  # one paginated listing
         if committed > len(listed):
             log.warning(
@@ -186,7 +193,7 @@ def _output_table_files(output: str, version: int | None) -> list[DescriptorFile
             files.append(replace(_describe(uri), etag=tag(f)))
         else:
             files.append(DescriptorFile(uri, f.size, tag(f), f.rows, head.dim, head.metadata))
-    return files
+    return DescriptorListing(files, int(opened.version()))
 
 
 def check_same_model(files: list[DescriptorFile]) -> dict[str, str]:

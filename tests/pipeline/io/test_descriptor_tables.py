@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.extract.registration import OutputTables, ShardRegistrar
 from pipeline.io.delta_log import DeltaFolder, TableFile, file_sizes, open_table
-from pipeline.io.descriptor_reader import list_descriptor_files
+from pipeline.io.descriptor_reader import list_descriptor_files, read_descriptor_listing
 from pipeline.io.descriptor_writer import descriptor_schema, descriptor_table, parquet_bytes
 from pipeline.io.layout import descriptors_folder, descriptors_uri
 from pipeline.io.storage import write_bytes_atomic
@@ -48,6 +48,27 @@ def test_an_outputs_files_come_from_its_table_at_a_cost_that_does_not_grow_with_
         assert len(identities) == 1
     assert counts[0] == counts[1], counts  # no request per file, nor per marker
     assert counts[1]["GET"] + counts[1]["HEAD"] < 20, counts  # three footers, the log
+
+
+def test_the_files_and_their_table_version_come_from_one_read_of_the_log(
+    s3_endpoint, s3_bucket
+) -> None:
+    """What a build records as the version read is the version the files were listed from,
+    and the log is opened once for both: as many log requests as opening the table once."""
+    output = f"s3://{s3_bucket}/runs/one-read"
+    registered_output(output, 3)
+
+    def log_requests(requests: list[tuple[str, str]]) -> int:
+        return sum(1 for _, path in requests if "_delta_log" in path)  # its LISTs too
+
+    with recorded_requests(s3_endpoint) as opening:
+        want = open_table(descriptors_folder(output)).version()
+    with recorded_requests(s3_endpoint) as listing_requests:
+        listing = read_descriptor_listing(output)
+    assert listing.table_version == want
+    assert len(listing.files) == 3
+    # has_table's existence check(s), then one opening (two openings: twice as many).
+    assert log_requests(listing_requests) <= log_requests(opening) + 2, listing_requests
 
 
 def test_a_file_of_another_model_in_the_outputs_table_is_refused(tmp_path) -> None:
