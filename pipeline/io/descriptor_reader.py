@@ -154,7 +154,7 @@ def _table_listing(folder: str, version: int | None) -> DescriptorListing:
 
 
 def _output_table_files(output: str, version: int | None) -> DescriptorListing:
-    """An extraction output's files from its descriptors table (see ``list_descriptor_files``).
+    """An extraction output's files from its descriptors table (see ``read_descriptor_listing``).
     Locally each file's version tag is still its ``stat`` (free: no request); on an object
     store it is the modification time the log recorded: a file changed behind the table's back
     (not through a run, which registers a new file) is not seen there."""
