@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, cast
 
@@ -24,9 +23,10 @@ from pipeline.extract.actors import (
     create_board,
 )
 from pipeline.extract.failures import FailedShards
-from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery, Recovery
+from pipeline.extract.recovery import PING_INTERVAL_S, ActorRecovery
 from pipeline.extract.registration import OutputTables, ShardRegistrar
 from pipeline.extract.resume import final_totals, scan_output, trusted_totals
+from pipeline.extract.scheduler import Dispatch, Recovery, ShardScheduler
 from pipeline.extract.spec import ExtractionJob, fingerprint, spec_dict
 from pipeline.extract.stats import FailedShard, ShardStats, ShardTotals, publish
 from pipeline.io.delta_log import has_table
@@ -375,22 +375,15 @@ def _run_shards(
     registrar: ShardRegistrar,
 ) -> int:
     """Process ``todo`` on ``actors``, counting each finished shard in ``result``; returns
-    the actor restarts seen. Every actor holds up to ``shards_per_actor`` shards; idle actors
-    are served first. An actor whose call failed gets no shards until it is back, and the
-    shards it held wait for it: a death is counted when its restart is seen
-    (``pipeline.extract.recovery``), not for each call that failed meanwhile.
-
-    Which of an actor's shards killed it is unknown, so a death counts only against a shard
-    that ran alone: the shards held by a dying actor are re-run each alone on an actor (a
-    bystander then commits, a shard that kills every actor fails after
-    ``max_shard_restarts`` deaths of its own)."""
-    pending = deque(todo)
-    deaths: Counter[str] = Counter()
-    dispatches: Counter[str] = Counter()
-    load = [0] * len(actors)
-    in_flight: dict[Any, tuple[int, str, int, int]] = {}  # ref -> actor, shard, dispatch, load
-    alone: set[str] = set()  # shards that run alone on an actor from now on
-    running_alone: set[str] = set()  # those of them in flight
+    the actor restarts seen. Which shard runs where, and when one has failed, is the
+    ``ShardScheduler``'s (``pipeline.extract.scheduler``: up to ``shards_per_actor`` shards
+    an actor, idle actors first; a death counts only against a shard that ran alone, the
+    others it held then run alone); this loop feeds it what Ray says and does what it decides.
+    An actor whose call failed gets no shards until it is back, and the shards it held wait
+    for it: a death is counted when its restart is seen (``pipeline.extract.recovery``), not
+    for each call that failed meanwhile."""
+    scheduler = ShardScheduler(todo, len(actors), job.shards_per_actor, job.max_shard_restarts)
+    in_flight: dict[Any, Dispatch] = {}  # ref -> the hand-out it returns
     recovery = ActorRecovery(actors, [w.pid for w in workers], job.restart_timeout_s)
     progress = ProgressReporter(len(todo))
     last_poll = time.monotonic()
@@ -404,45 +397,25 @@ def _run_shards(
         progress.update(stats.samples, stats.errors, failed=not stats.committed, unit=stats.shard)
 
     def settle(r: Recovery) -> None:
-        """Count the recovered (or retired) actor's death on the shards it held; requeue them."""
-        for shard in reversed(r.shards):  # back to the front of the queue, in their order
-            if shard in running_alone:
-                running_alone.discard(shard)
-                deaths[shard] += r.restarts
-            elif r.restarts:
-                alone.add(shard)  # it may be the culprit or a bystander: run it alone
-            if deaths[shard] > job.max_shard_restarts:
-                finish(_failed(shard, f"actor died {deaths[shard]} times (last: {r.cause})"))
-            else:
-                pending.appendleft(shard)
+        """The recovered (or retired) actor's death counted on the shards it held."""
+        for failure in scheduler.settle(r):
+            finish(_failed(failure.shard, failure.error))
 
     try:
-        while pending or in_flight or recovery.holding():
+        while not scheduler.done:
             lease.check()  # a run whose lease was taken over starts no more shards
             if registrar.due():
                 registrar.flush()  # as the lease holder: just checked
             for r in recovery.expired():
                 settle(r)
             serving = recovery.serving()
-            while pending and serving:
-                index = min(serving, key=load.__getitem__)
-                shard = pending[0]
-                weight = job.shards_per_actor if shard in alone else 1  # alone: fills it
-                if load[index] + weight > job.shards_per_actor:
-                    break
-                pending.popleft()
-                dispatches[shard] += 1
-                load[index] += weight
-                if shard in alone:
-                    running_alone.add(shard)
-                ref = actors[index].process.remote(shard, job.output, dispatches[shard], fence)
-                in_flight[ref] = (index, shard, dispatches[shard], weight)
-            if not serving and not recovery.recovering and not in_flight:
-                why = "; ".join(sorted(set(recovery.retired.values())))
-                while pending:
-                    finish(_failed(pending.popleft(), f"no actor left ({why})"))
+            for d in scheduler.dispatch(serving):
+                in_flight[actors[d.actor].process.remote(d.shard, job.output, d.number, fence)] = d
+            for failure in scheduler.unserved(serving, recovery.retired.values()):
+                finish(_failed(failure.shard, failure.error))  # no actor left
+            if scheduler.done:
                 break
-            metrics.set_gauge("pending", len(pending))
+            metrics.set_gauge("pending", scheduler.pending)
             pings = recovery.pings()
             if not in_flight and not pings:  # only actors between two pings: pace the loop
                 time.sleep(PING_INTERVAL_S)
@@ -454,19 +427,19 @@ def _run_shards(
                     if settled is not None:
                         settle(settled)
                     continue
-                index, shard, dispatch, weight = in_flight.pop(ref)
-                load[index] -= weight
-                board.drop.remote(shard_id(shard), dispatch)
+                d = in_flight.pop(ref)
+                board.drop.remote(shard_id(d.shard), d.number)
                 try:
                     stats: ShardStats = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
-                    settled = recovery.failed(index, shard, e)
+                    scheduler.lost(d)
+                    settled = recovery.failed(d.actor, d.shard, e)
                     if settled is not None:
                         settle(settled)
                     continue
                 except ray.exceptions.RayTaskError as e:
-                    stats = _failed(shard, str(e).strip().splitlines()[-1][:500])
-                running_alone.discard(shard)
+                    stats = _failed(d.shard, str(e).strip().splitlines()[-1][:500])
+                scheduler.finished(d)
                 finish(stats)
                 if failpoints.trigger("driver_exit_after_shards", str(result.committed)):
                     os._exit(1)  # a hard driver crash between two shards

@@ -6,14 +6,17 @@ A call fails with ``ActorDiedError`` when the actor's process dies under it, and
 GPU node reading weights from S3). Counting failed calls as deaths fails a shard within
 seconds of one crash; so the driver instead:
 
-1. holds the failed actor out of service and keeps the shards it held (``suspects``);
+1. holds the failed actor out of service (the shards it held wait on it in the
+   ``ShardScheduler``, ``pipeline.extract.scheduler``);
 2. pings it (``info()``) until it answers, a second apart at most while Ray refuses;
 3. when it answers, compares its process id (and Ray's restart count) with those it had: a new
-   process is a death, counted once for each shard it held, which then go back to the queue
-   (or fail, past ``max_shard_restarts``); the same process (a call lost in transit) counts
-   nothing;
+   process is a death, and the scheduler counts it on the shards the actor held, which then go
+   back to the queue (or fail, past ``max_shard_restarts``); the same process (a call lost in
+   transit) counts nothing;
 4. an actor that Ray reports ``DEAD`` (it will not restart it), or that is not back within
    ``restart_timeout_s``, is retired; its shards count a death and go to the others.
+
+Each settled recovery is a ``Recovery`` (the scheduler's event).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 
+from pipeline.extract.scheduler import Recovery
 from pipeline.runtime.actor_state import DEAD, actor_status, death_cause, exit_detail
 
 log = logging.getLogger(__name__)
@@ -39,20 +43,8 @@ PING_INTERVAL_S = 1.0
 class _Recovering:
     since: float  # when its call failed (monotonic)
     cause: str  # why, in one line
-    suspects: list[str] = field(default_factory=list)  # shards it held, in failure order
     ping: Any = None  # the info() call in flight
     next_ping_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """An actor's recovery settled (restarted, back from a lost call, or retired): its real
-    ``restarts`` (0: it never died; a retired actor counts one) and the shards it held, for
-    the driver to count and requeue, and why it failed."""
-
-    restarts: int
-    shards: list[str]
-    cause: str
 
 
 class ActorRecovery:
@@ -80,19 +72,14 @@ class ActorRecovery:
             i for i in range(len(self.actors)) if i not in self.recovering and i not in self.retired
         ]
 
-    def holding(self) -> bool:
-        """Whether shards wait on an actor's recovery."""
-        return any(r.suspects for r in self.recovering.values())
-
     def failed(self, index: int, shard: str, error: BaseException) -> Recovery | None:
         """A call to actor ``index`` holding ``shard`` failed with a ``RayActorError``: the
-        shard waits for the actor's recovery (None), or, when the actor is already retired,
-        settles at once."""
+        actor's recovery starts (None: the shard waits for it), or, when the actor is already
+        retired, settles at once."""
         cause = death_cause(error)
         if index in self.retired:
-            return Recovery(1, [shard], self.retired[index])
-        entry = self.recovering.setdefault(index, _Recovering(self.clock(), cause))
-        entry.suspects.append(shard)
+            return Recovery(index, 1, self.retired[index])
+        self.recovering.setdefault(index, _Recovering(self.clock(), cause))
         log.warning("actor %d failed on %s (%s); waiting for it to come back", index, shard, cause)
         return None
 
@@ -140,7 +127,7 @@ class ActorRecovery:
         self.restarts_seen[index] = max(self.restarts_seen[index], status.restarts)
         self.total_restarts += restarts
         del self.recovering[index]
-        return Recovery(restarts, entry.suspects, entry.cause)
+        return Recovery(index, restarts, entry.cause)
 
     def expired(self) -> list[Recovery]:
         """Actors not back within ``restart_timeout_s``: retired."""
@@ -152,7 +139,7 @@ class ActorRecovery:
         ]
 
     def _retire(self, index: int, why: str) -> Recovery:
-        entry = self.recovering.pop(index)
+        del self.recovering[index]
         self.retired[index] = why
         log.error("actor %d is retired: %s", index, why)
-        return Recovery(1, entry.suspects, why)
+        return Recovery(index, 1, why)
